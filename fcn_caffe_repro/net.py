@@ -1,0 +1,218 @@
+"""CaffeNet: a NetSpec run as an nn.Module, with Caffe's blob semantics.
+
+Layers run in prototxt order; an in-place layer rewrites its blob name, so after a forward each
+name holds the last writer's value, as in Caffe. Modules are registered under their layer names
+(`net.conv1_1.weight` is blob 0 of layer conv1_1). Input layers, and Python data layers without
+bottoms, are the net's inputs: the caller passes their tops by name.
+"""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import layers as L
+from .caffe.spec import NetSpec
+from .errors import CaffemodelError, NetError
+
+# Channel counts assumed for the tops of a Python data layer, which declares no shapes.
+_ONE_CHANNEL_TOPS = ("label", "sem", "geo", "depth")
+
+
+class CaffeNet(nn.Module):
+    def __init__(self, spec, phase="test", weights=None, input_shapes=None):
+        super().__init__()
+        if isinstance(spec, (str, Path)):
+            spec = NetSpec.from_prototxt(spec)
+        self.phase = phase
+        self.spec = spec.for_phase(phase)
+        self.inputs = {}  # top name -> declared shape (or None)
+        self.loss_weights = {}  # top name -> loss weight
+        self._modules_by_layer = {}
+        self._build(dict(input_shapes or {}))
+        self.train(phase == "train")
+        if weights is not None:
+            self.load_caffemodel(weights)
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None):
+        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with a .caffemodel."""
+        return cls(NetSpec.from_prototxt(path), phase=phase, weights=weights, input_shapes=input_shapes)
+
+    def _build(self, input_shapes):
+        shapes = {}
+        for spec in self.spec.layers:
+            if spec.type == "Input" or (spec.type in ("Python", "Data", "ImageData", "HDF5Data") and not spec.bottom):
+                declared = self._input_shapes(spec, input_shapes)
+                module = L.Input(spec, [], declared)
+                for top, shape in zip(spec.top, declared):
+                    self.inputs[top] = shape
+                    shapes[top] = input_shapes.get(top, shape)
+            else:
+                cls = L.LAYER_TYPES.get(spec.type)
+                if cls is None:
+                    raise spec.error(f"unknown or unsupported layer type '{spec.type}'", "type")
+                bottom_shapes = [shapes[b] for b in spec.bottom]
+                module = cls(spec, bottom_shapes)
+                for top, shape in zip(spec.top, self._infer_tops(module, bottom_shapes)):
+                    shapes[top] = shape
+            self._register(spec, module)
+            weights = spec.msg.getall("loss_weight")
+            default = 1.0 if spec.type in L.LOSS_TYPES else 0.0
+            for i, top in enumerate(spec.top):
+                w = float(weights[i]) if i < len(weights) else (default if i == 0 else 0.0)
+                if w:
+                    self.loss_weights[top] = w
+        self.blob_shapes = shapes  # at the declared input sizes
+
+    @staticmethod
+    def _input_shapes(spec, given):
+        if spec.type == "Input":
+            declared = [tuple(s.getall_int("dim")) for s in spec.params.getall("shape")]
+            if len(declared) == 1 and len(spec.top) > 1:
+                declared *= len(spec.top)
+            if len(declared) != len(spec.top):
+                raise spec.error(f"Input declares {len(declared)} shapes for {len(spec.top)} tops")
+        else:
+            declared = [(1, 1 if t in _ONE_CHANNEL_TOPS else 3, 500, 500) for t in spec.top]
+        return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]
+
+    def _infer_tops(self, module, bottom_shapes):
+        """Top shapes from a forward on meta tensors: no memory, no arithmetic."""
+        params = {k: torch.empty(v.shape, device="meta") for k, v in module.named_parameters()}
+        bottoms = [torch.empty(s, device="meta") for s in bottom_shapes]
+        try:
+            tops = torch.func.functional_call(module, params, tuple(bottoms))
+        except NetError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise NetError(f"cannot run on bottoms of shapes {bottom_shapes}: {e}", layer=module.layer_name) from None
+        if len(tops) != len(module.spec.top):
+            raise NetError(f"{module.spec.type} gives {len(tops)} top(s), the layer names "
+                           f"{len(module.spec.top)}", layer=module.layer_name)
+        return [tuple(t.shape) for t in tops]
+
+    def _register(self, spec, module):
+        name = spec.name.replace(".", "_") or f"layer{len(self._modules_by_layer)}"
+        if name in self._modules or name in self._modules_by_layer:
+            raise spec.error("two layers share this name")
+        if hasattr(self, name):
+            raise spec.error("this layer name clashes with an attribute of CaffeNet; rename the layer")
+        self.add_module(name, module)
+        self._modules_by_layer[spec.name] = module
+
+    # --- access ------------------------------------------------------------------------------
+    def layer(self, name):
+        """The module of the Caffe layer `name`."""
+        try:
+            return self._modules_by_layer[name]
+        except KeyError:
+            raise NetError("no such layer in this net", layer=name) from None
+
+    def layer_modules(self):
+        """(Caffe layer name, module) in net order."""
+        return list(self._modules_by_layer.items())
+
+    def params_by_layer(self):
+        """{layer name: [parameter blobs in Caffe's order]} for layers that have any."""
+        return {n: m.blobs() for n, m in self._modules_by_layer.items() if m.blobs()}
+
+    @property
+    def outputs(self):
+        """Blobs that no later layer consumes (Caffe's net outputs)."""
+        available = []
+        for spec in self.spec.layers:
+            for b in spec.bottom:
+                if b in available:
+                    available.remove(b)
+            available += [t for t in spec.top if t not in available]
+        return available
+
+    # --- running -----------------------------------------------------------------------------
+    def forward(self, return_blobs=False, **inputs):
+        missing = [t for t in self.inputs if t not in inputs]
+        unknown = [t for t in inputs if t not in self.inputs]
+        if missing or unknown:
+            raise NetError(f"net inputs are {list(self.inputs)}; missing {missing}, unknown {unknown}")
+        blobs = {}
+        for spec in self.spec.layers:
+            module = self._modules_by_layer[spec.name]
+            if isinstance(module, L.Input):
+                for top in spec.top:
+                    x = inputs[top]
+                    if not torch.is_tensor(x):
+                        raise NetError(f"input '{top}' must be a tensor", layer=spec.name)
+                    module.check(top, x)
+                    blobs[top] = x
+                continue
+            tops = module(*[blobs[b] for b in spec.bottom])
+            for name, value in zip(spec.top, tops):
+                blobs[name] = value
+        if return_blobs:
+            return blobs
+        return {name: blobs[name] for name in self.outputs}
+
+    def objective(self, blobs):
+        """Caffe's objective: the sum of loss tops times their loss weights."""
+        total = None
+        for top, w in self.loss_weights.items():
+            term = blobs[top].sum() * w
+            total = term if total is None else total + term
+        if total is None:
+            raise NetError("this net has no loss (no loss layer or loss_weight)")
+        return total
+
+    # --- weights -----------------------------------------------------------------------------
+    def load_caffemodel(self, source, strict=True):
+        """Copy weights from a .caffemodel path or a {layer: [arrays]} dict, matched by layer name.
+
+        Everything is checked before anything is assigned. Element counts must match (shapes may
+        differ, e.g. legacy 4-D or fc->conv); strict=True raises on any mismatch, strict=False
+        returns (missing: net layers without weights, unexpected: file layers the net lacks).
+        """
+        from .caffe import caffemodel
+
+        path = str(source) if isinstance(source, (str, Path)) else None
+        blobs = caffemodel.read(source) if path else source
+        plan, missing, unexpected = [], [], []
+        own = self.params_by_layer()
+        for name, arrays in blobs.items():
+            if name not in own:
+                if len(arrays):
+                    unexpected.append(name)
+                continue
+            params = own[name]
+            if len(arrays) != len(params):
+                raise CaffemodelError(f"{len(arrays)} blobs in the file, the net's layer has {len(params)}",
+                                      file=path, layer=name)
+            for i, (a, p) in enumerate(zip(arrays, params)):
+                if a.size != p.numel():
+                    raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)} ({a.size} values); the net "
+                                          f"expects {tuple(p.shape)} ({p.numel()} values)", file=path, layer=name)
+                plan.append((p, a))
+        missing = [n for n in own if n not in blobs]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"net layers with parameters not in the file: {missing}")
+            if unexpected:
+                parts.append(f"file layers with blobs not in the net: {unexpected}")
+            raise CaffemodelError("; ".join(parts), file=path)
+        with torch.no_grad():
+            for p, a in plan:
+                p.copy_(torch.as_tensor(a).reshape(p.shape))
+        return missing, unexpected
+
+    def save_caffemodel(self, path):
+        """Write the parameters as a V2 .caffemodel Caffe can read."""
+        from .caffe import caffemodel
+
+        layers = {}
+        for name, module in self._modules_by_layer.items():
+            blobs = module.blobs()
+            if blobs:
+                layers[name] = (module.spec.type, [b.detach().cpu().numpy() for b in blobs])
+        caffemodel.write(path, layers, name=self.spec.name)
+
+    def to_prototxt(self):
+        return self.spec.to_prototxt()
