@@ -248,35 +248,34 @@ def _tokens(text, file):
 
 
 def _unquote(tok, file, line, col):
-    body, out, i = tok[1:-1], [], 0
+    """Caffe's strings are bytes: literal characters give their UTF-8, escapes give raw bytes."""
+    body, out, i = tok[1:-1], bytearray(), 0
     while i < len(body):
         c = body[i]
         if c != "\\":
-            out.append(c)
+            out += c.encode("utf-8")
             i += 1
             continue
         nxt = body[i + 1]
         if nxt in _ESCAPES:
-            out.append(_ESCAPES[nxt])
+            out += _ESCAPES[nxt].encode()
             i += 2
         elif nxt in "xX":
             m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
             if not m:
                 raise PrototxtError("bad \\x escape in string", file, line, col + i + 1)
-            out.append(chr(int(m.group(), 16)))
+            out.append(int(m.group(), 16))
             i += 2 + len(m.group())
         elif nxt in "01234567":
             m = re.match(r"[0-7]{1,3}", body[i + 1:])
-            out.append(chr(int(m.group(), 8)))
+            out.append(int(m.group(), 8) & 0xFF)
             i += 1 + len(m.group())
         else:
             raise PrototxtError(f"unknown escape \\{nxt} in string", file, line, col + i + 1)
-    # Caffe's strings are bytes; escapes of bytes above 127 form UTF-8 text.
-    raw = "".join(out)
     try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return out.decode("latin-1")
 
 
 def _number(tok):
