@@ -114,13 +114,14 @@ def bilinear_kernel(size):
 class Input(CaffeLayer):
     """Declares the net's inputs; the caller supplies the tensors (checked against the shapes)."""
 
-    def __init__(self, spec, bottom_shapes, shapes):
+    def __init__(self, spec, bottom_shapes, shapes, declared=True):
         super().__init__(spec, bottom_shapes)
         self.shapes = [tuple(s) for s in shapes]
+        self.declared = declared  # False for data layers, whose shapes are only a guess
 
     def check(self, top, x):
         want = self.shapes[self.spec.top.index(top)]
-        if want and (x.dim() != len(want) or (len(want) > 1 and x.shape[1] != want[1])):
+        if self.declared and want and (x.dim() != len(want) or (len(want) > 1 and x.shape[1] != want[1])):
             raise NetError(f"input '{top}' has shape {tuple(x.shape)}; the net expects "
                            f"{len(want)} dims with {want[1] if len(want) > 1 else '?'} channels "
                            f"(declared shape {want})", layer=self.layer_name)

@@ -44,7 +44,7 @@ class CaffeNet(nn.Module):
         for spec in self.spec.layers:
             if spec.type == "Input" or (spec.type in ("Python", "Data", "ImageData", "HDF5Data") and not spec.bottom):
                 declared = self._input_shapes(spec, input_shapes)
-                module = L.Input(spec, [], declared)
+                module = L.Input(spec, [], declared, declared=spec.type == "Input")
                 for top, shape in zip(spec.top, declared):
                     self.inputs[top] = shape
                     shapes[top] = input_shapes.get(top, shape)

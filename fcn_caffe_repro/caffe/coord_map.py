@@ -131,14 +131,18 @@ def crop_params_in_spec(spec, layer):
         for t in l.top:
             producers.setdefault(t, []).append(i)
 
-    def step(node):
-        blob, before = node
+    def version(blob, before):
+        """A blob as read by layer `before`: (name, index of its last writer), one node per value."""
         writers = [i for i in producers.get(blob, []) if i < before]
-        if not writers:
+        return blob, (writers[-1] if writers else None)
+
+    def step(node):
+        blob, writer = node
+        if writer is None:
             return None
-        l = spec.layers[writers[-1]]
-        return l.type, l.params, [(b, writers[-1]) for b in l.bottom]
+        l = spec.layers[writer]
+        return l.type, l.params, [version(b, writer) for b in l.bottom]
 
     pos = spec.layers.index(layer)
     a, b = layer.bottom[:2]
-    return crop_offset(map_between((a, pos), (b, pos), step), f"layer '{layer.name}'")
+    return crop_offset(map_between(version(a, pos), version(b, pos), step), f"layer '{layer.name}'")

@@ -1,0 +1,68 @@
+"""VGG16: the convolutional trunk shared by every VGG-based FCN, and the ILSVRC classifier.
+
+`fcn_base` is the base net of the reference net.py files (conv1_1 padded by 100, fc6/fc7 cast
+to convolutions with Dropout); `modality` suffixes every name, as nyud-fcn32s-color-hha's
+`modality_fcn` does. `div` divides every width (the shrunken nets of tests/fixtures/caffe-ref).
+"""
+from ..caffe.spec import L, NetBuilder, conv_relu, max_pool
+
+
+def _plain_conv_relu(bottom, nout, pad=1):
+    """The classifier's convolution: no param specs, default stride (as in VGG's deploy file)."""
+    conv = L.Convolution(bottom, num_output=nout, pad=pad, kernel_size=3)
+    return conv, L.ReLU(conv, in_place=True)
+
+
+def convs(n, data, div=1, modality="", conv=conv_relu, pad1=100, conv1_1="conv1_1"):
+    """conv1_1 ... pool5 on n[data]: 13 3x3 convolutions with ReLU, 5 max poolings."""
+    m = modality
+    n[conv1_1 + m], n['relu1_1' + m] = conv(n[data], 64 // div, pad=pad1)
+    n['conv1_2' + m], n['relu1_2' + m] = conv(n['relu1_1' + m], 64 // div)
+    n['pool1' + m] = max_pool(n['relu1_2' + m])
+
+    n['conv2_1' + m], n['relu2_1' + m] = conv(n['pool1' + m], 128 // div)
+    n['conv2_2' + m], n['relu2_2' + m] = conv(n['relu2_1' + m], 128 // div)
+    n['pool2' + m] = max_pool(n['relu2_2' + m])
+
+    n['conv3_1' + m], n['relu3_1' + m] = conv(n['pool2' + m], 256 // div)
+    n['conv3_2' + m], n['relu3_2' + m] = conv(n['relu3_1' + m], 256 // div)
+    n['conv3_3' + m], n['relu3_3' + m] = conv(n['relu3_2' + m], 256 // div)
+    n['pool3' + m] = max_pool(n['relu3_3' + m])
+
+    n['conv4_1' + m], n['relu4_1' + m] = conv(n['pool3' + m], 512 // div)
+    n['conv4_2' + m], n['relu4_2' + m] = conv(n['relu4_1' + m], 512 // div)
+    n['conv4_3' + m], n['relu4_3' + m] = conv(n['relu4_2' + m], 512 // div)
+    n['pool4' + m] = max_pool(n['relu4_3' + m])
+
+    n['conv5_1' + m], n['relu5_1' + m] = conv(n['pool4' + m], 512 // div)
+    n['conv5_2' + m], n['relu5_2' + m] = conv(n['relu5_1' + m], 512 // div)
+    n['conv5_3' + m], n['relu5_3' + m] = conv(n['relu5_2' + m], 512 // div)
+    n['pool5' + m] = max_pool(n['relu5_3' + m])
+    return n['pool5' + m]
+
+
+def fcn_base(n, data, div=1, modality="", conv1_1="conv1_1"):
+    """The FCN base net: the trunk, then fc6 (7x7) and fc7 (1x1) as convolutions with Dropout."""
+    m = modality
+    convs(n, data, div, m, conv1_1=conv1_1)
+    n['fc6' + m], n['relu6' + m] = conv_relu(n['pool5' + m], 4096 // div, ks=7, pad=0)
+    n['drop6' + m] = L.Dropout(n['relu6' + m], dropout_ratio=0.5, in_place=True)
+    n['fc7' + m], n['relu7' + m] = conv_relu(n['drop6' + m], 4096 // div, ks=1, pad=0)
+    n['drop7' + m] = L.Dropout(n['relu7' + m], dropout_ratio=0.5, in_place=True)
+    return n['drop7' + m]
+
+
+def classifier(num_classes=1000, div=1):
+    """The VGG16 ILSVRC deploy net (fc6/fc7 InnerProduct, fc8, prob); fc8 is not divided."""
+    n = NetBuilder()
+    n.data = L.Input(shape=dict(dim=[1, 3, 224, 224]))
+    convs(n, 'data', div, conv=_plain_conv_relu, pad1=1)
+    n.fc6 = L.InnerProduct(n.pool5, num_output=4096 // div)
+    n.relu6 = L.ReLU(n.fc6, in_place=True)
+    n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = L.InnerProduct(n.drop6, num_output=4096 // div)
+    n.relu7 = L.ReLU(n.fc7, in_place=True)
+    n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
+    n.fc8 = L.InnerProduct(n.drop7, num_output=num_classes)
+    n.prob = L.Softmax(n.fc8)
+    return n.to_spec("VGG_ILSVRC_16_layers")
