@@ -29,6 +29,7 @@ class CaffeNet(nn.Module):
         self.loss_weights = {}  # top name -> loss weight
         self._modules_by_layer = {}
         self._build(dict(input_shapes or {}))
+        self._free_after = self._plan_frees()
         self.train(phase == "train")
         if weights is not None:
             self.load_caffemodel(weights)
@@ -65,6 +66,20 @@ class CaffeNet(nn.Module):
                     self.loss_weights[top] = w
         self.blob_shapes = shapes  # at the declared input sizes
 
+    def _plan_frees(self):
+        """For each layer, the blobs it is the last reader of (outputs excepted): freed after it
+        when the caller does not ask for every blob, so a forward holds only live activations."""
+        last = {}
+        for i, spec in enumerate(self.spec.layers):
+            for b in spec.bottom:
+                last[b] = i
+        keep = set(self.outputs)
+        plan = [[] for _ in self.spec.layers]
+        for blob, i in last.items():
+            if blob not in keep:
+                plan[i].append(blob)
+        return plan
+
     @staticmethod
     def _input_shapes(spec, given):
         if spec.type == "Input":
@@ -76,6 +91,21 @@ class CaffeNet(nn.Module):
         else:
             declared = [(1, 1 if t in _ONE_CHANNEL_TOPS else 3, 500, 500) for t in spec.top]
         return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]
+
+    def shapes_for(self, input_shapes):
+        """Every blob's shape for the given input shapes ({top: shape}), computed on meta tensors."""
+        shapes = {}
+        for spec in self.spec.layers:
+            module = self._modules_by_layer[spec.name]
+            if isinstance(module, L.Input):
+                for top in spec.top:
+                    if top not in input_shapes:
+                        raise NetError(f"no shape given for input '{top}'", layer=spec.name)
+                    shapes[top] = tuple(input_shapes[top])
+                continue
+            for top, shape in zip(spec.top, self._infer_tops(module, [shapes[b] for b in spec.bottom])):
+                shapes[top] = shape
+        return shapes
 
     def _infer_tops(self, module, bottom_shapes):
         """Top shapes from a forward on meta tensors: no memory, no arithmetic."""
@@ -135,7 +165,7 @@ class CaffeNet(nn.Module):
         if missing or unknown:
             raise NetError(f"net inputs are {list(self.inputs)}; missing {missing}, unknown {unknown}")
         blobs = {}
-        for spec in self.spec.layers:
+        for spec, frees in zip(self.spec.layers, self._free_after):
             module = self._modules_by_layer[spec.name]
             if isinstance(module, L.Input):
                 for top in spec.top:
@@ -148,6 +178,10 @@ class CaffeNet(nn.Module):
             tops = module(*[blobs[b] for b in spec.bottom])
             for name, value in zip(spec.top, tops):
                 blobs[name] = value
+            if not return_blobs:
+                for name in frees:
+                    if name not in spec.top:
+                        del blobs[name]
         if return_blobs:
             return blobs
         return {name: blobs[name] for name in self.outputs}
