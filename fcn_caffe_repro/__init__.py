@@ -25,7 +25,7 @@ _ATTRS = {
     "build_net": ("fcn_caffe_repro.nets", "build_net"),
     "NetSpec": ("fcn_caffe_repro.caffe.spec", "NetSpec"),
     "SGDSolver": ("fcn_caffe_repro.solver", "SGDSolver"),
-    "flops": ("fcn_caffe_repro.flops", "flops"),
+    "flops": ("fcn_caffe_repro.cost", "flops"),
 }
 
 __all__ = ["CaffeNet", "build_net", "NetSpec", "SGDSolver", "errors", "CaffeError", "CaffemodelError",
