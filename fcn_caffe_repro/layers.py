@@ -64,8 +64,10 @@ class CaffeLayer(nn.Module):
         if len(specs) > len(shapes):
             raise self.spec.error(f"{len(specs)} param specs given for {len(shapes)} parameter blobs")
         for i, (name, shape, filler) in enumerate(zip(self.blob_names, shapes, fillers)):
-            self.register_parameter(name, nn.Parameter(fill(filler, shape, self.spec)))
-            self.lr_mults.append(specs[i] if i < len(specs) else (1.0, 1.0))
+            mults = specs[i] if i < len(specs) else (1.0, 1.0)
+            # Caffe computes no gradient for a blob with lr_mult 0 (Net::Init's param_need_backward)
+            self.register_parameter(name, nn.Parameter(fill(filler, shape, self.spec), requires_grad=mults[0] != 0))
+            self.lr_mults.append(mults)
 
     def blobs(self):
         return [getattr(self, n) for n in self.blob_names if getattr(self, n, None) is not None]

@@ -6,6 +6,7 @@ name holds the last writer's value, as in Caffe. Modules are registered under th
 bottoms, are the net's inputs: the caller passes their tops by name.
 """
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +14,14 @@ from torch import nn
 from . import layers as L
 from .caffe.spec import NetSpec
 from .errors import CaffemodelError, NetError
+
+class Step(NamedTuple):
+    """One unit of forward(): a layer's module, or a fused group, with the blobs it reads and writes."""
+    name: str
+    bottom: list
+    top: list
+    module: nn.Module
+
 
 # Channel counts assumed for the tops of a Python data layer, which declares no shapes.
 _ONE_CHANNEL_TOPS = ("label", "sem", "geo", "depth")
@@ -29,7 +38,8 @@ class CaffeNet(nn.Module):
         self.loss_weights = {}  # top name -> loss weight
         self._modules_by_layer = {}
         self._build(dict(input_shapes or {}))
-        self._free_after = self._plan_frees()
+        self.set_plan([Step(spec.name, spec.bottom, spec.top, self._modules_by_layer[spec.name])
+                       for spec in self.spec.layers])
         self.train(phase == "train")
         if weights is not None:
             self.load_caffemodel(weights)
@@ -66,19 +76,24 @@ class CaffeNet(nn.Module):
                     self.loss_weights[top] = w
         self.blob_shapes = shapes  # at the declared input sizes
 
-    def _plan_frees(self):
-        """For each layer, the blobs it is the last reader of (outputs excepted): freed after it
-        when the caller does not ask for every blob, so a forward holds only live activations."""
+    def set_plan(self, steps):
+        """The steps forward() runs (the layers, or fused groups of them), and for each step the
+        blobs it reads last (outputs excepted): freed after it unless every blob is asked for,
+        so an inference forward holds only live activations."""
         last = {}
-        for i, spec in enumerate(self.spec.layers):
-            for b in spec.bottom:
+        for i, step in enumerate(steps):
+            for b in step.bottom:
                 last[b] = i
         keep = set(self.outputs)
-        plan = [[] for _ in self.spec.layers]
+        frees = [[] for _ in steps]
         for blob, i in last.items():
-            if blob not in keep:
-                plan[i].append(blob)
-        return plan
+            if blob not in keep and blob not in steps[i].top:
+                frees[i].append(blob)
+        self._plan = [(step, tuple(f)) for step, f in zip(steps, frees)]
+
+    @property
+    def plan(self):
+        return [step for step, _ in self._plan]
 
     @staticmethod
     def _input_shapes(spec, given):
@@ -165,23 +180,22 @@ class CaffeNet(nn.Module):
         if missing or unknown:
             raise NetError(f"net inputs are {list(self.inputs)}; missing {missing}, unknown {unknown}")
         blobs = {}
-        for spec, frees in zip(self.spec.layers, self._free_after):
-            module = self._modules_by_layer[spec.name]
+        for step, frees in self._plan:
+            module = step.module
             if isinstance(module, L.Input):
-                for top in spec.top:
+                for top in step.top:
                     x = inputs[top]
                     if not torch.is_tensor(x):
-                        raise NetError(f"input '{top}' must be a tensor", layer=spec.name)
+                        raise NetError(f"input '{top}' must be a tensor", layer=step.name)
                     module.check(top, x)
                     blobs[top] = x
                 continue
-            tops = module(*[blobs[b] for b in spec.bottom])
-            for name, value in zip(spec.top, tops):
+            tops = module(*[blobs[b] for b in step.bottom])
+            for name, value in zip(step.top, tops):
                 blobs[name] = value
             if not return_blobs:
                 for name in frees:
-                    if name not in spec.top:
-                        del blobs[name]
+                    del blobs[name]
         if return_blobs:
             return blobs
         return {name: blobs[name] for name in self.outputs}
@@ -247,6 +261,16 @@ class CaffeNet(nn.Module):
             if blobs:
                 layers[name] = (module.spec.type, [b.detach().cpu().numpy() for b in blobs])
         caffemodel.write(path, layers, name=self.spec.name)
+
+    def fuse(self, enabled=True, impl="ext"):
+        """Route Deconvolution -> Crop (-> Eltwise SUM) through ops.deconv_crop_sum (see fusion.py).
+        Parameters and results are unchanged; the fused-away intermediate blobs are not produced."""
+        from .fusion import fused_plan
+
+        steps = [Step(spec.name, spec.bottom, spec.top, self._modules_by_layer[spec.name])
+                 for spec in self.spec.layers]
+        self.set_plan(fused_plan(steps, impl) if enabled else steps)
+        return self
 
     def to_prototxt(self):
         return self.spec.to_prototxt()
