@@ -1,0 +1,280 @@
+"""Training as the release's solve.py scripts do it, made safe to interrupt and to spread over
+processes.
+
+    solver = make_solver("voc-fcn32s", device="cuda")            # the release's solver.prototxt
+    initialise(solver.net, "vgg16.caffemodel")                    # transplant + bilinear interp
+    Trainer(solver, SBD(root), out="runs/fcn32s", val=VOC(root2)).run()
+
+One image per forward/backward pass, drawn uniformly with replacement as the release's data layers
+draw them (random.randint), but as a function of (seed, sample position), so a resumed run and a
+multi-process run (distributed.py) take exactly the images an uninterrupted single process
+would. Snapshots every `snapshot` iterations (solver state + .caffemodel), validation every
+`val_every` iterations with the paper's metrics, a JSON-lines log, and Ctrl-C stops after the
+current iteration with a snapshot, as Caffe's SIGINT action does.
+"""
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed, metrics, surgery
+from .errors import CaffeError, NetError
+from .solver import NonFiniteLoss, SGDSolver, read_solver_prototxt, solver_params
+
+SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate\.pt$")
+
+
+def sample_index(seed, position, n):
+    """The image index of global sample `position`: uniform over n, a pure function of both."""
+    return int(np.random.default_rng([int(seed), int(position)]).integers(n))
+
+
+def make_solver(net_name=None, solver_path=None, device="cpu", num_classes=None, width_divisor=1,
+                overrides=None):
+    """An SGDSolver with its train net on `device`: from a solver file (its train_net), or from the
+    registry (the net's train phase and the release's solver settings). `overrides`: solver
+    fields to replace (e.g. max_iter)."""
+    from .caffe.spec import NetSpec
+    from .net import CaffeNet
+    from .solver import seed_everything
+
+    if solver_path is not None:
+        params, source, _ = read_solver_prototxt(solver_path)
+        spec = (NetSpec.from_prototxt(source[1]) if source[0] == "path"
+                else NetSpec.from_message(source[1], file=str(solver_path)))
+    elif net_name is not None:
+        from .nets import net_spec, solver_spec
+
+        params, _ = solver_params(solver_spec(net_name))
+        spec = net_spec(net_name, "train", num_classes, width_divisor)
+    else:
+        raise CaffeError("make_solver needs a net name or a solver file")
+    params.update(overrides or {})
+    if params["random_seed"] >= 0:
+        seed_everything(params["random_seed"] + distributed.rank_and_world()[0])
+    net = CaffeNet(spec, phase="train").to(device)
+    return SGDSolver(net, **params)
+
+
+def initialise(net, init=None, log=print):
+    """The solve.py recipe: copy the weights of `init` by layer name (a classifier's fc6/fc7 are
+    coerced, an earlier stage's layers copied), then set every 'up' layer to bilinear
+    interpolation. Without `init` only the interpolation is set."""
+    lines = surgery.transplant(net, init, log=log) if init is not None else []
+    surgery.interp(net, surgery.upsampling_layers(net))
+    return lines
+
+
+def net_inputs(net, tops, sample, device):
+    """{net input: 1×C×H×W tensor} from one dataset item (a tuple ordered like `tops`); labels
+    (H×W) become 1×1×H×W float, as the release's data layers shape them."""
+    feeds = {}
+    for top, value in zip(tops, sample):
+        if top not in net.inputs:
+            continue
+        x = torch.as_tensor(value)
+        x = x.float() if x.dim() == 3 else x[None].float()
+        feeds[top] = x[None].to(device, non_blocking=True)
+    missing = [t for t in net.inputs if t not in feeds]
+    if missing:
+        raise NetError(f"the dataset gives {list(tops)}; the net also needs {missing}")
+    return feeds
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Dataset items at the given global sample positions (for a prefetching DataLoader)."""
+
+    def __init__(self, dataset, seed, positions):
+        self.dataset, self.seed, self.positions = dataset, seed, positions
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, k):
+        return self.dataset[sample_index(self.seed, self.positions[k], len(self.dataset))]
+
+
+def _identity(x):
+    return x
+
+
+def _one_thread(_):
+    torch.set_num_threads(1)
+
+
+def validate(net, dataset, device="cpu", limit=None, net_name=None):
+    """The paper's metrics of `net` (TEST phase) on `dataset`, images split over the processes
+    and confusion histograms summed: {label top: {metric: value}}."""
+    from .evaluate import default_io
+
+    feeds, tasks = default_io(net, dataset, net_name)
+    tops = list(dataset.tops)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    rank, world = distributed.rank_and_world()
+    # class counts from the net, so that every process sums histograms of one shape
+    hists = {t.label: np.zeros((net.blob_shapes[t.score][1],) * 2, np.int64) for t in tasks}
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        for i in range(rank, n, world):
+            sample = dataset[i]
+            out = net(**{k: torch.as_tensor(sample[tops.index(v)])[None].to(device) for k, v in feeds.items()})
+            for t in tasks:
+                scores = out[t.score][0]
+                hists[t.label] += metrics.fast_hist(torch.as_tensor(sample[tops.index(t.label)]).to(device),
+                                                    scores.argmax(0), scores.shape[0])
+    net.train(was_training)
+    results = {}
+    for t in tasks:
+        h = distributed.all_reduce_sum(torch.from_numpy(hists[t.label]).to(device)).cpu().numpy()
+        s = metrics.scores(h, exclude=t.exclude)
+        results[t.label] = {k: s[k] for k in metrics.METRICS}
+    return results
+
+
+class Trainer:
+    """The loop: steps, logs, validation, snapshots, resume, a clean stop on Ctrl-C."""
+
+    def __init__(self, solver, dataset, out, seed=1337, val=None, val_net=None, val_every=0, val_limit=None,
+                 snapshot_every=None, max_iter=None, device="cpu", workers=1, progress=True, net_name=None):
+        self.solver, self.dataset, self.out, self.seed = solver, dataset, Path(out), int(seed)
+        self.val, self.val_net, self.val_every, self.val_limit = val, val_net, int(val_every), val_limit
+        p = solver.params
+        self.snapshot_every = p["snapshot"] if snapshot_every is None else int(snapshot_every)
+        self.max_iter = p["max_iter"] if max_iter is None else int(max_iter)
+        self.display = max(p["display"], 1)
+        self.device, self.workers, self.progress, self.net_name = device, workers, progress, net_name
+        self.rank, self.world = distributed.rank_and_world()
+        self.tops = tuple(dataset.tops)
+        self._stop = False
+        if val is not None and val_net is None:
+            raise CaffeError("validation needs a TEST-phase net (val_net) to copy the weights into")
+
+    # --- files ---------------------------------------------------------------------------------------
+    @property
+    def snapshot_dir(self):
+        return self.out / "snapshots"
+
+    def snapshot_path(self, it):
+        return self.snapshot_dir / f"train_iter_{it}.solverstate.pt"
+
+    def latest_snapshot(self):
+        """The snapshot with the highest iteration in the snapshot folder, or None."""
+        found = [(int(m.group(1)), p) for p in self.snapshot_dir.glob("*.solverstate.pt")
+                 if (m := SNAPSHOT_RE.search(p.name))]
+        return max(found)[1] if found else None
+
+    def log(self, record):
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def snapshot(self):
+        path = self.solver.snapshot(self.snapshot_path(self.solver.iter))
+        if self.rank == 0:
+            self.solver.export_caffemodel(self.snapshot_dir / f"train_iter_{self.solver.iter}.caffemodel")
+        self.log({"event": "snapshot", "iter": self.solver.iter, "path": str(path)})
+        return path
+
+    def resume(self, path=None):
+        """Continue from `path` or the latest snapshot of this run; False when there is none."""
+        path = path or self.latest_snapshot()
+        if path is None:
+            return False
+        self.solver.restore(path)
+        self.log({"event": "resume", "iter": self.solver.iter, "path": str(path)})
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _loader(self, start):
+        n = self.solver.params["iter_size"]
+        positions = [s for it in range(start, self.max_iter)
+                     for s in distributed.iteration_positions(it, n, self.rank, self.world)]
+        samples = _Samples(self.dataset, self.seed, positions)
+        if self.workers <= 0:
+            return iter(samples[k] for k in range(len(samples)))
+        return iter(torch.utils.data.DataLoader(samples, batch_size=None, collate_fn=_identity,
+                                                num_workers=self.workers, worker_init_fn=_one_thread,
+                                                prefetch_factor=4, persistent_workers=False))
+
+    def validate(self):
+        with torch.no_grad():
+            state = self.solver.net.params_by_layer()
+            self.val_net.load_caffemodel({k: [b.detach().cpu().numpy() for b in v] for k, v in state.items()},
+                                         strict=False)
+        t0 = time.perf_counter()
+        results = validate(self.val_net, self.val, self.device, self.val_limit, self.net_name)
+        self.log({"event": "val", "iter": self.solver.iter, "seconds": time.perf_counter() - t0,
+                  "results": results})
+        return results
+
+    def _on_sigint(self, *_):
+        self._stop = True
+
+    def _stopping(self):
+        """Ctrl-C on any process stops all of them after the same iteration."""
+        if self.world > 1:
+            flag = torch.tensor([float(self._stop)], device=self.device)
+            self._stop = bool(distributed.all_reduce_sum(flag).item() > 0)
+        return self._stop
+
+    def run(self):
+        """Train until max_iter (or Ctrl-C); returns the last smoothed loss."""
+        from tqdm import tqdm
+
+        solver, n = self.solver, self.solver.params["iter_size"]
+        start = solver.iter
+        self.log({"event": "start", "iter": start, "max_iter": self.max_iter, "processes": self.world,
+                  "iter_size": n, "images_per_iter": n * self.world, "params": solver.params})
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        bar = tqdm(total=self.max_iter, initial=start, disable=not self.progress or self.rank != 0,
+                   unit="it", desc="train", dynamic_ncols=True)
+        loader = self._loader(start)
+        t_last, it_last = time.perf_counter(), start
+        try:
+            while solver.iter < self.max_iter and not self._stopping():
+                batches = [net_inputs(solver.net, self.tops, next(loader), self.device) for _ in range(n)]
+                try:
+                    loss = solver.step(batches)
+                except NonFiniteLoss as e:
+                    self.log({"event": "nonfinite", "iter": solver.iter, "message": str(e)})
+                    raise
+                bar.update(1)
+                if solver.iter % self.display == 0 or solver.iter == self.max_iter:
+                    now = time.perf_counter()
+                    rate = (solver.iter - it_last) / max(now - t_last, 1e-9)
+                    t_last, it_last = now, solver.iter
+                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", img_s=f"{rate * n * self.world:.2f}",
+                                    refresh=False)
+                    self.log({"iter": solver.iter, "loss": loss, "smoothed_loss": solver.smoothed_loss,
+                              "lr": solver.lr(solver.iter - 1), "iter_per_s": rate,
+                              "images_per_s": rate * n * self.world})
+                if self.snapshot_every and solver.iter % self.snapshot_every == 0:
+                    self.snapshot()
+                if self.val is not None and self.val_every and solver.iter % self.val_every == 0:
+                    results = self.validate()
+                    first = next(iter(results.values()))
+                    bar.write(f"iteration {solver.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in first.items()))
+            if self._stop or (solver.iter == self.max_iter and solver.params["snapshot_after_train"]
+                              and not (self.snapshot_every and solver.iter % self.snapshot_every == 0)):
+                self.snapshot()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.log({"event": "stop" if self._stop else "done", "iter": solver.iter})
+        return solver.smoothed_loss
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+__all__ = ["Trainer", "make_solver", "initialise", "validate", "net_inputs", "sample_index"]

@@ -1,0 +1,116 @@
+"""Two CPU processes (gloo, loopback) train as one Caffe solver with iter_size 2 * n: the weights
+after N steps equal the single-process run over the same images; snapshots gather both
+processes' RNG states."""
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import rel_err
+from fcn_caffe_repro.distributed import iteration_indices, make_distributed
+from fcn_caffe_repro.solver import SGDSolver, load_snapshot
+from test_solver import tiny_batch, tiny_net, tiny_spec, weights
+
+WORLD, STEPS = 2, 3
+PARAMS = dict(base_lr=1e-3, lr_policy="fixed", momentum=0.9, weight_decay=5e-3)
+ORDER = [7, 3, 11, 0, 5, 9, 2, 8, 1, 6, 4, 10, 12, 13]  # a shuffled epoch
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(solver, iter_size, rank, world):
+    for t in range(STEPS):
+        batches = [tiny_batch(i) for i in iteration_indices(ORDER, t, iter_size, rank, world)]
+        solver.step(batches)
+    return solver
+
+
+def trainer(out, iter_size, world):
+    from fcn_caffe_repro.data import Synthetic
+    from fcn_caffe_repro.net import CaffeNet
+    from fcn_caffe_repro.training import Trainer
+
+    solver = SGDSolver(tiny_net(seed=2, dropout=False), iter_size=iter_size, **dict(PARAMS, base_lr=1e-5))
+    if world > 1:
+        make_distributed(solver)
+    val_net = CaffeNet(tiny_spec(deploy=True), phase="test")
+    return Trainer(solver, Synthetic(n=10, size=16, num_classes=3), f"{out}/loop", max_iter=STEPS,
+                   val=Synthetic(seed=4, n=5, size=16, num_classes=3), val_net=val_net, workers=0,
+                   progress=False)
+
+
+def worker(rank, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=__import__("datetime").timedelta(seconds=30))
+    try:
+        for n in (1, 2):
+            # each process starts from different weights: make_distributed broadcasts rank 0's
+            solver = make_distributed(SGDSolver(tiny_net(seed=rank, dropout=False), iter_size=n, **PARAMS))
+            train(solver, n, rank, WORLD)
+            torch.save(weights(solver.net), f"{out}/rank{rank}_n{n}.pt")
+        solver.snapshot(f"{out}/snap.pt")  # collective: gathers both RNG states
+        # the training loop: images by sample position, validation split over the processes
+        loop = trainer(out, 1, WORLD)
+        loop.run()
+        torch.save({"weights": weights(loop.solver.net), "val": loop.validate()}, f"{out}/loop{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_with_iter_size(tmp_path):
+    port = free_port()
+    ctx = mp.start_processes(worker, args=(port, str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 90
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "the gloo processes did not finish in time"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    for n in (1, 2):
+        single = train(SGDSolver(tiny_net(seed=0, dropout=False), iter_size=WORLD * n, **PARAMS),
+                       WORLD * n, 0, 1)
+        ours = weights(single.net)
+        start = weights(tiny_net(seed=0, dropout=False))
+        r0 = torch.load(tmp_path / f"rank0_n{n}.pt")
+        r1 = torch.load(tmp_path / f"rank1_n{n}.pt")
+        for k, w in ours.items():
+            assert torch.equal(r0[k], r1[k]), f"{k}: the processes' weights diverged"
+            moved = (w - start[k]).double().numpy()
+            if k == "upscore/0":
+                assert not moved.any()
+                continue
+            assert rel_err((r0[k] - start[k]).double().numpy(), moved) < 1e-4, f"iter_size {n}: {k}"
+            assert abs(moved).max() > 1e-3 * abs(start[k]).max()  # a real move, not noise
+    snap = load_snapshot(tmp_path / "snap.pt")
+    assert len(snap["rng"]) == WORLD and snap["iter"] == STEPS
+
+    # the loop on two processes equals the loop on one with iter_size 2; so does its validation
+    single = trainer(str(tmp_path / "single"), WORLD, 1)
+    single.run()
+    loop = [torch.load(tmp_path / f"loop{r}.pt") for r in range(WORLD)]
+    start = weights(tiny_net(seed=2, dropout=False))
+    for k, w in weights(single.solver.net).items():
+        assert torch.equal(loop[0]["weights"][k], loop[1]["weights"][k])
+        if k != "upscore/0":
+            assert rel_err((loop[0]["weights"][k] - start[k]).numpy(), (w - start[k]).numpy()) < 1e-4, k
+    single.solver.net.load_caffemodel({l: [loop[0]["weights"][f"{l}/{i}"].numpy() for i in range(len(b))]
+                                       for l, b in single.solver.net.params_by_layer().items()})
+    assert loop[0]["val"] == loop[1]["val"] == single.validate()
+
+
+def test_iteration_indices_partition_the_single_process_batches():
+    """Process r of P with iter_size n takes, at iteration t, exactly the images a single process
+    with iter_size P*n takes at t."""
+    for world, n in ((2, 1), (3, 2), (4, 3)):
+        for t in range(5):
+            together = sum((iteration_indices(ORDER, t, n, r, world) for r in range(world)), [])
+            assert together == iteration_indices(ORDER, t, world * n, 0, 1)
