@@ -19,6 +19,12 @@ _SUBMODULES = {
     "paper": "fcn_caffe_repro.paper",
     "solver": "fcn_caffe_repro.solver",
     "nets": "fcn_caffe_repro.nets",
+    "training": "fcn_caffe_repro.training",
+    "distributed": "fcn_caffe_repro.distributed",
+    "evaluate": "fcn_caffe_repro.evaluate",
+    "visualize": "fcn_caffe_repro.visualize",
+    "fusion": "fcn_caffe_repro.fusion",
+    "reproduce": "fcn_caffe_repro.reproduce",
 }
 _ATTRS = {
     "CaffeNet": ("fcn_caffe_repro.net", "CaffeNet"),
