@@ -1,0 +1,258 @@
+// CPU backward of deconv_crop_sum (float32, float64): gradients for x and for the weight.
+//
+// grad_x[iy][ix] = sum over output channels of the group and over the taps (ky, kx) landing inside
+// the crop of grad[iy*sh + ky - oh][ix*sw + kx - ow] * w[ky][kx]: a strided correlation, computed
+// per input row (no atomics).  In the polyphase form kx = j*sw + p the grad values of one j are
+// contiguous, so, by column stride:
+//  - sw in {8, 16, 32}: a vector over p per input column, reduced across lanes once at the end;
+//  - sw in {1, 2, 4}: vectors over 8 input columns, the grad de-interleaved into its sw phases;
+//  - other strides, and the columns at the row's ends: the shared fcn::grad_input_point.
+// The weight gradient (FCN never trains its deconvolutions) uses fcn::grad_weight_row directly.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace fcn {
+namespace cpu {
+namespace {
+
+using I = int64_t;
+
+template <typename T>
+struct BackArgs {
+  const Geometry* g;
+  const T* grad;  // N x C_out x H x W, contiguous
+  const T* w;     // C_in x cout_g x kh x kw, contiguous
+  const T* wpad;  // the same zero-padded to Jh*sh x Jw*sw taps
+  I Jh, Jw;
+  const Span<I>* ky;  // per input row iy: its kernel rows landing inside the crop (taps_inside)
+  T* gx;              // N x C_in x Hi x Wi
+};
+
+// The (grad row, weight row) pairs reaching input row iy of channel ci: one per output channel of
+// the group and kernel row ky inside the crop.  grad rows are offset by -ow (index by column X).
+template <typename T>
+FCN_ALWAYS_INLINE I row_taps(const BackArgs<T>& a, I n, I ci, I iy, std::vector<const T*>& gs,
+                             std::vector<const T*>& ws) {
+  const Geometry& g = *a.g;
+  const I wrow = a.Jw * g.sw, wplane = a.Jh * g.sh * wrow;
+  const Span<I> ky = a.ky[iy];
+  const I grp = ci / g.cin_g;
+  I nt = 0;
+  for (I cog = 0; cog < g.cout_g; ++cog) {
+    const I co = grp * g.cout_g + cog;
+    for (I t = ky.begin; t < ky.end; ++t, ++nt) {
+      gs[nt] = a.grad + ((n * g.C_out + co) * g.H + iy * g.sh + t - g.oh) * g.W - g.ow;
+      ws[nt] = a.wpad + (ci * g.cout_g + cog) * wplane + t * wrow;
+    }
+  }
+  return nt;
+}
+
+// Input columns [ia, ib) whose every tap block j < Jw reads inside the crop's columns.
+FCN_ALWAYS_INLINE Span<I> interior_columns(const Geometry& g, I Jw) {
+  const I ia = clamp_to<I>(floordiv<I>(g.ow + g.sw - 1, g.sw), 0, g.Wi);
+  const I ib = clamp_to<I>(floordiv<I>(g.ow + g.W, g.sw) - Jw + 1, ia, g.Wi);
+  return {ia, ib};
+}
+
+template <typename T>
+FCN_ALWAYS_INLINE void point(const BackArgs<T>& a, I n, I ci, I iy, I ix, T* row) {
+  using acc_t = at::opmath_type<T>;
+  const Geometry& g = *a.g;
+  row[ix] = static_cast<T>(grad_input_point<acc_t, T, I>(a.grad + n * g.C_out * g.H * g.W, a.w, g,
+                                                        ci, iy, ix));
+}
+
+// Rows (n, ci, iy) [begin, end), column stride SW in {8, 16, 32}: per input column a vector over
+// the phases p; eight columns at a time, reduced across lanes together.
+template <typename T, int SW>
+FCN_ALWAYS_INLINE void grad_rows_dot(const BackArgs<T>& a, I begin, I end) {
+  using V = typename Block<T, SW>::type;
+  constexpr int G = 8;
+  const Geometry& g = *a.g;
+  const I Jw = a.Jw;
+  const Span<I> in = interior_columns(g, Jw);
+  std::vector<const T*> gs(g.cout_g * g.kh + 1), ws(gs.size());
+  RowIndex at(begin, g.Hi, g.C_in);
+  for (I r = begin; r < end; ++r, at.next()) {
+    const I iy = at.inner, ci = at.mid, n = at.outer;
+    T* row = a.gx + r * g.Wi;
+    for (I ix = 0; ix < in.begin; ++ix) point(a, n, ci, iy, ix, row);
+    for (I ix = in.end; ix < g.Wi; ++ix) point(a, n, ci, iy, ix, row);
+    const I nt = row_taps(a, n, ci, iy, gs, ws);
+    auto columns = [&](I ix, auto group) FCN_LAMBDA_INLINE {
+      constexpr int n = decltype(group)::value;
+      V acc[n];
+      for (int k = 0; k < n; ++k) acc[k] = V{};
+      for (I t = 0; t < nt; ++t) {
+        const T* gr = gs[t] + ix * SW;
+        for (I j = 0; j < Jw; ++j) {
+          const V wv = load_vec<V>(ws[t] + j * SW);
+          for (int k = 0; k < n; ++k) acc[k] += load_vec<V>(gr + (k + j) * SW) * wv;
+        }
+      }
+      if constexpr (n == G)
+        store_vec(row + ix, lane_sums8<T, SW>(acc));
+      else
+        row[ix] = lane_sum<T, SW>(acc[0]);
+    };
+    I ix = in.begin;
+    for (; ix + G <= in.end; ix += G) columns(ix, std::integral_constant<int, G>{});
+    for (; ix < in.end; ++ix) columns(ix, std::integral_constant<int, 1>{});
+  }
+}
+
+// Rows (n, ci, iy) [begin, end), column stride SW in {1, 2, 4}: 8 input columns per vector.
+template <typename T, int SW>
+FCN_ALWAYS_INLINE void grad_rows_deinterleave(const BackArgs<T>& a, I begin, I end) {
+  using V = typename Lanes<T>::V;
+  constexpr int L = 8;
+  const Geometry& g = *a.g;
+  const I Jw = a.Jw;
+  const Span<I> in = interior_columns(g, Jw);
+  const I vec_end = in.begin + (in.end - in.begin) / L * L;  // whole chunks of L columns
+  std::vector<const T*> gs(g.cout_g * g.kh + 1), ws(gs.size());
+  RowIndex at(begin, g.Hi, g.C_in);
+  for (I r = begin; r < end; ++r, at.next()) {
+    const I iy = at.inner, ci = at.mid, n = at.outer;
+    T* row = a.gx + r * g.Wi;
+    for (I ix = 0; ix < in.begin; ++ix) point(a, n, ci, iy, ix, row);
+    for (I ix = vec_end; ix < g.Wi; ++ix) point(a, n, ci, iy, ix, row);
+    const I nt = row_taps(a, n, ci, iy, gs, ws);
+    for (I ix = in.begin; ix < vec_end; ix += L) {
+      V acc[SW];  // one accumulator per phase: independent FMA chains
+      for (int p = 0; p < SW; ++p) acc[p] = V{};
+      for (I t = 0; t < nt; ++t) {
+        for (I j = 0; j < Jw; ++j) {
+          V ph[SW];
+          for (int p = 0; p < SW; ++p) ph[p] = load_vec<V>(gs[t] + (ix + j) * SW + p * L);
+          deinterleave<T, SW>(ph);
+          for (int p = 0; p < SW; ++p) acc[p] += ws[t][j * SW + p] * ph[p];
+        }
+      }
+      for (int p = 1; p < SW; ++p) acc[0] += acc[p];
+      store_vec(row + ix, acc[0]);
+    }
+  }
+}
+
+template <typename T>
+FCN_ALWAYS_INLINE void grad_rows_gather(const BackArgs<T>& a, I begin, I end) {
+  const Geometry& g = *a.g;
+  RowIndex at(begin, g.Hi, g.C_in);
+  for (I r = begin; r < end; ++r, at.next()) {
+    const I iy = at.inner, ci = at.mid, n = at.outer;
+    for (I ix = 0; ix < g.Wi; ++ix) point(a, n, ci, iy, ix, a.gx + r * g.Wi);
+  }
+}
+
+template <typename T>
+FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
+  switch (a.g->sw) {
+    case 1: return grad_rows_deinterleave<T, 1>(a, begin, end);
+    case 2: return grad_rows_deinterleave<T, 2>(a, begin, end);
+    case 4: return grad_rows_deinterleave<T, 4>(a, begin, end);
+    case 8: return grad_rows_dot<T, 8>(a, begin, end);
+    case 16: return grad_rows_dot<T, 16>(a, begin, end);
+    case 32: return grad_rows_dot<T, 32>(a, begin, end);
+    default: return grad_rows_gather<T>(a, begin, end);
+  }
+}
+
+FCN_ISA_DISPATCHED(grad_rows, BackArgs, grad_rows_body)
+
+template <typename T>
+void grad_input_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor& weight, at::Tensor& gx) {
+  const I Jh = (g.kh + g.sh - 1) / g.sh, Jw = (g.kw + g.sw - 1) / g.sw;
+  const at::Tensor gc = grad.contiguous(), wc = weight.contiguous();
+  const at::Tensor wpad = (Jh * g.sh == g.kh && Jw * g.sw == g.kw)
+      ? wc
+      : at::constant_pad_nd(wc, {0, Jw * g.sw - g.kw, 0, Jh * g.sh - g.kh}).contiguous();
+  std::vector<Span<I>> ky(g.Hi);
+  for (I iy = 0; iy < g.Hi; ++iy) ky[iy] = taps_inside<I>(iy, g.sh, g.kh, g.oh, g.oh + g.H);
+  const BackArgs<T> a{&g, gc.const_data_ptr<T>(), wc.const_data_ptr<T>(), wpad.const_data_ptr<T>(),
+                      Jh, Jw, ky.data(), gx.mutable_data_ptr<T>()};
+  at::parallel_for(0, g.N * g.C_in * g.Hi, grain_for(g.Wi * g.cout_g * g.kh * g.kw),
+                   [&](I b, I e) { grad_rows<T>(a, b, e); });
+}
+
+template <typename T>
+void grad_weight_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor& x, at::Tensor& gw) {
+  using acc_t = at::opmath_type<T>;
+  const at::Tensor gc = grad.contiguous(), xc = x.contiguous();
+  const T* xp0 = xc.const_data_ptr<T>();
+  const T* gp0 = gc.const_data_ptr<T>();
+  T* out = gw.mutable_data_ptr<T>();
+  const I rows = g.C_in * g.cout_g * g.kh;  // one task row = (ci, cog, ky), all kx
+  at::parallel_for(0, rows, grain_for(g.N * g.Hi * g.Wi), [&](I begin, I end) {
+    for (I r = begin; r < end; ++r) {
+      const I ky = r % g.kh, cog = (r / g.kh) % g.cout_g, ci = r / (g.kh * g.cout_g);
+      const I co = (ci / g.cin_g) * g.cout_g + cog;
+      const Span<I> rows_in = inputs_with_tap_inside<I>(ky, g.sh, g.oh, g.oh + g.H, g.Hi);
+      for (I kx = 0; kx < g.kw; ++kx) {
+        acc_t acc = acc_t(0);
+        for (I n = 0; n < g.N; ++n) {
+          const T* xp = xp0 + (n * g.C_in + ci) * g.Hi * g.Wi;
+          const T* gp = gp0 + (n * g.C_out + co) * g.H * g.W;
+          for (I iy = rows_in.begin; iy < rows_in.end; ++iy)
+            acc += grad_weight_row<acc_t, T, I>(xp + iy * g.Wi, gp + (iy * g.sh + ky - g.oh) * g.W, g, kx);
+        }
+        out[r * g.kw + kx] = static_cast<T>(acc);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset) {
+  at::Tensor gs = at::empty(skip_size, grad.options());
+  const at::Tensor gc = grad.contiguous();
+  const I H = gc.size(2), W = gc.size(3), Hs = skip_size[2], Ws = skip_size[3];
+  const I sh = skip_offset[0], sw = skip_offset[1];
+  AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "deconv_crop_sum_grad_skip_cpu", [&] {
+    const scalar_t* src = gc.const_data_ptr<scalar_t>();
+    scalar_t* dst = gs.mutable_data_ptr<scalar_t>();
+    // One pass: every skip row is zeros with the gradient's row (if any) at columns [sw, sw+W).
+    at::parallel_for(0, gs.size(0) * gs.size(1) * Hs, grain_for(Ws), [&](I b, I e) {
+      for (I r = b; r < e; ++r) {
+        const I y = r % Hs, plane = r / Hs;
+        scalar_t* d = dst + r * Ws;
+        if (y < sh || y >= sh + H) {
+          std::fill(d, d + Ws, scalar_t(0));
+          continue;
+        }
+        const scalar_t* s = src + (plane * H + y - sh) * W;
+        std::fill(d, d + sw, scalar_t(0));
+        std::copy(s, s + W, d + sw);
+        std::fill(d + sw + W, d + Ws, scalar_t(0));
+      }
+    });
+  });
+  return gs;
+}
+
+void grad_input(const Geometry& g, const at::Tensor& grad, const at::Tensor& weight, at::Tensor& gx) {
+  if (gx.scalar_type() == at::kDouble)
+    grad_input_typed<double>(g, grad, weight, gx);
+  else
+    grad_input_typed<float>(g, grad, weight, gx);
+}
+
+void grad_weight(const Geometry& g, const at::Tensor& grad, const at::Tensor& x, at::Tensor& gw) {
+  if (gw.scalar_type() == at::kDouble)
+    grad_weight_typed<double>(g, grad, x, gw);
+  else
+    grad_weight_typed<float>(g, grad, x, gw);
+}
+
+}  // namespace cpu
+}  // namespace fcn

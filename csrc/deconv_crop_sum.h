@@ -1,0 +1,35 @@
+// Host-side declarations of deconv_crop_sum: input validation and the per-device kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+#include <tuple>
+
+#include "fcn_ops.h"
+
+namespace fcn {
+
+// Validates a forward call (TORCH_CHECK with a clear message) and returns its geometry.
+Geometry plan_forward(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                      at::IntArrayRef offset, at::IntArrayRef size,
+                      const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
+                      int64_t groups);
+
+// Validates a backward call; the crop size is the gradient's.
+Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                       at::IntArrayRef stride, at::IntArrayRef offset, at::IntArrayRef skip_size,
+                       at::IntArrayRef skip_offset, int64_t groups,
+                       const std::array<bool, 3>& output_mask);
+
+// The skip's gradient: zeros of skip_size with grad at the crop window (ATen ops; used on CUDA).
+at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset);
+
+// What a masked-out gradient returns: an empty tensor (the autograd formula maps it to None).
+at::Tensor no_grad_output(const at::Tensor& like);
+
+// True when every index of the call stays below 2^30 (the CUDA kernels then use 32-bit indexing).
+bool fits_int32(const Geometry& g);
+
+}  // namespace fcn

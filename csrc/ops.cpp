@@ -1,0 +1,25 @@
+// The operator schemas of fcn_caffe_repro (one TORCH_LIBRARY block) and the Python module _C.
+// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing fcn_caffe_repro._C loads this library, which registers the operators below.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "fcn_caffe_repro C++/CUDA operators", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(fcn_caffe_repro, m) {
+  // out = conv_transpose2d(x, weight, stride, groups)[:, :, oh:oh+H, ow:ow+W]
+  //       + skip[:, :, sh:sh+H, sw:sw+W]            (skip optional; no padding, no bias)
+  m.def(
+      "deconv_crop_sum(Tensor x, Tensor weight, int[2] stride, int[2] offset, int[2] size, "
+      "Tensor? skip, int[2] skip_offset, int groups) -> Tensor");
+  // Gradients for (x, weight, skip); a gradient whose output_mask entry is false comes back as
+  // an empty tensor.  skip_size is the skip's shape (ignored when output_mask[2] is false).
+  m.def(
+      "deconv_crop_sum_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, "
+      "int[2] offset, int[] skip_size, int[2] skip_offset, int groups, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+}

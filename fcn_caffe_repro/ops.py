@@ -1,0 +1,117 @@
+"""Python side of csrc/: the fused deconvolution-crop-sum op, its fake and autograd registration,
+and the pure-PyTorch reference it is tested against.
+
+``deconv_crop_sum`` computes, in one pass and without materialising the uncropped output::
+
+    full = conv_transpose2d(x, weight, stride=stride, groups=groups)   # no padding, no bias
+    out  = full[:, :, oh:oh+H, ow:ow+W] + skip[:, :, sh:sh+H, sw:sw+W]  # skip optional
+
+which is FCN's Deconvolution -> Crop -> Eltwise SUM.  ``impl="ext"`` runs the C++/CUDA kernels of
+``fcn_caffe_repro._C`` and never falls back; ``impl="torch"`` is the reference.
+"""
+import torch
+import torch.nn.functional as F
+
+try:
+    from . import _C  # noqa: F401  (loading it registers torch.ops.fcn_caffe_repro.*)
+
+    _IMPORT_ERROR = None
+except ImportError as exc:  # the extension was not built
+    _IMPORT_ERROR = exc
+
+__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available"]
+
+_BUILD_HINT = ("build it from the repository root with "
+               "`pip install --no-build-isolation --no-deps -e .`")
+
+
+def extension_available() -> bool:
+    """Whether the compiled extension fcn_caffe_repro._C loaded (and registered its ops)."""
+    return _IMPORT_ERROR is None
+
+
+def _pair(v, name):
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2:
+        raise ValueError(f"deconv_crop_sum: {name} must be an int or a pair, got {v!r}")
+    return pair
+
+
+def _full_size(x, weight, stride):
+    """Spatial size of the uncropped transposed convolution (no padding)."""
+    return ((x.shape[2] - 1) * stride[0] + weight.shape[2], (x.shape[3] - 1) * stride[1] + weight.shape[3])
+
+
+def deconv_crop_sum_reference(x, weight, stride, offset, size, skip, skip_offset, groups):
+    """The plain PyTorch composition (arguments already normalised to pairs)."""
+    full = F.conv_transpose2d(x, weight, stride=stride, groups=groups)
+    (oh, ow), (h, w) = offset, size
+    if oh < 0 or ow < 0 or oh + h > full.shape[2] or ow + w > full.shape[3]:
+        raise ValueError(f"deconv_crop_sum: crop {size} at {offset} lies outside the "
+                         f"deconvolution output {tuple(full.shape[2:])}")
+    out = full[:, :, oh:oh + h, ow:ow + w]
+    if skip is None:
+        return out.contiguous()  # Caffe's Crop materialises its output
+    sh, sw = skip_offset
+    return out + skip[:, :, sh:sh + h, sw:sw + w]
+
+
+def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip_offset=(0, 0),
+                    groups=1, impl="ext"):
+    """Cropped transposed convolution plus an optional cropped skip, in one pass.
+
+    x: N x C_in x Hi x Wi; weight: C_in x C_out/groups x kh x kw (Caffe/PyTorch layout);
+    stride, offset, skip_offset: int or (rows, cols); size: the crop (H, W), by default the rest
+    of the deconvolution output after ``offset``.  Returns N x C_out x H x W.
+    """
+    stride, offset, skip_offset = _pair(stride, "stride"), _pair(offset, "offset"), _pair(skip_offset, "skip_offset")
+    if size is None:
+        full = _full_size(x, weight, stride)
+        size = (full[0] - offset[0], full[1] - offset[1])
+    size = _pair(size, "size")
+    if impl == "torch":
+        return deconv_crop_sum_reference(x, weight, stride, offset, size, skip, skip_offset, groups)
+    if impl != "ext":
+        raise ValueError(f"deconv_crop_sum: impl must be 'ext' or 'torch', got {impl!r}")
+    if not extension_available():
+        raise RuntimeError(f"deconv_crop_sum: the C++ extension fcn_caffe_repro._C is not available "
+                           f"({_IMPORT_ERROR}); {_BUILD_HINT}, or pass impl='torch'")
+    return torch.ops.fcn_caffe_repro.deconv_crop_sum(x, weight, list(stride), list(offset), list(size),
+                                                     skip, list(skip_offset), groups)
+
+
+def _register():
+    """Fake (meta) kernels for torch.compile and the autograd formula, on the C++ schemas."""
+
+    @torch.library.register_fake("fcn_caffe_repro::deconv_crop_sum")
+    def _(x, weight, stride, offset, size, skip, skip_offset, groups):
+        return x.new_empty((x.shape[0], weight.shape[1] * groups, size[0], size[1]))
+
+    @torch.library.register_fake("fcn_caffe_repro::deconv_crop_sum_backward")
+    def _(grad, x, weight, stride, offset, skip_size, skip_offset, groups, output_mask):
+        gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty((0,))
+        gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty((0,))
+        gs = x.new_empty(skip_size) if output_mask[2] else x.new_empty((0,))
+        return gx, gw, gs
+
+    def setup_context(ctx, inputs, output):
+        x, weight, stride, offset, _size, skip, skip_offset, groups = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, offset, list(skip.shape) if skip is not None else [], skip_offset, groups)
+
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, offset, skip_size, skip_offset, groups = ctx.args
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], bool(skip_size) and need[5]]
+        gx, gw, gs = torch.ops.fcn_caffe_repro.deconv_crop_sum_backward(
+            grad, x, weight, stride, offset, skip_size, skip_offset, groups, mask)
+        return (gx if mask[0] else None, gw if mask[1] else None, None, None, None,
+                gs if mask[2] else None, None, None)
+
+    torch.library.register_autograd("fcn_caffe_repro::deconv_crop_sum", backward,
+                                    setup_context=setup_context)
+
+
+if extension_available():
+    _register()

@@ -1,0 +1,359 @@
+"""The fused deconvolution-crop-sum op (csrc/) against its pure-PyTorch reference.
+
+CPU tests run everywhere (the extension must be built); the GPU tests skip without CUDA.
+"""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fcn_caffe_repro import ops
+
+op = torch.ops.fcn_caffe_repro.deconv_crop_sum if ops.extension_available() else None
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+def full_size(n, k, s):
+    return (n - 1) * s + k
+
+
+def make_case(n=2, c=3, hi=5, wi=6, k=(4, 4), s=(2, 2), groups=1, crop=(1, 2, None, None), skip=True,
+              skip_pad=(3, 2), dtype=torch.float64, device="cpu", seed=0):
+    """Inputs and keyword arguments of one call; crop = (oh, ow, H, W), None: to the end."""
+    g = torch.Generator().manual_seed(seed)
+    kh, kw = k
+    x = torch.randn(n, c, hi, wi, generator=g, dtype=dtype)
+    w = torch.randn(c, c // groups, kh, kw, generator=g, dtype=dtype)
+    fh, fw = full_size(hi, kh, s[0]), full_size(wi, kw, s[1])
+    oh, ow, h, wd = crop
+    h = fh - oh if h is None else h
+    wd = fw - ow if wd is None else wd
+    sk = None
+    if skip:
+        sk = torch.randn(n, c, h + skip_pad[0], wd + skip_pad[1], generator=g, dtype=dtype).to(device)
+    kwargs = dict(stride=s, offset=(oh, ow), size=(h, wd), skip=sk, skip_offset=(skip_pad[0] // 2, skip_pad[1] // 2),
+                  groups=groups)
+    return x.to(device), w.to(device), kwargs
+
+
+def assert_matches_reference(x, w, kwargs, rtol=1e-10, atol=1e-10):
+    got = ops.deconv_crop_sum(x, w, **kwargs)
+    want = ops.deconv_crop_sum(x, w, **kwargs, impl="torch")
+    assert got.shape == want.shape
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+def test_extension_is_built():
+    assert ops.extension_available(), "fcn_caffe_repro._C is missing: pip install --no-build-isolation --no-deps -e ."
+
+
+# Strides cover every CPU path: 1, 2, 4 (interleaved), 8, 16, 32 (register blocks), 3, 5 (gather).
+@pytest.mark.parametrize("s", [1, 2, 3, 4, 5, 8, 16, 32])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("skip", [False, True])
+def test_forward_strides(s, groups, skip):
+    for k in sorted({1, s, 2 * s, 2 * s + 1}):
+        fh = full_size(5, k, s)
+        x, w, kw = make_case(k=(k, k), s=(s, s), groups=groups, skip=skip, crop=(fh // 4, fh // 3, None, None))
+        assert_matches_reference(x, w, kw)
+
+
+@pytest.mark.parametrize("k,s", [(63, 1), (63, 32), (64, 32), (16, 8), (32, 16), (4, 2), (7, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_fcn_kernels(k, s, dtype):
+    """FCN's kernel sizes (4, 16, 32, 63, 64), depthwise, with a centred crop and a skip."""
+    fh = full_size(4, k, s)
+    x, w, kw = make_case(n=2, c=4, hi=4, wi=5, k=(k, k), s=(s, s), groups=4, dtype=dtype,
+                         crop=(k // 3, k // 2, fh - k // 3 - 1, full_size(5, k, s) - k // 2 - 2))
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert_matches_reference(x, w, kw, rtol=tol, atol=tol)
+
+
+def test_forward_fcn8s_head_shapes():
+    """The three calls of FCN-8s at a 500x500 input (batch 2, 21 classes)."""
+    for (xs, k, s, skip, so, off, n) in [(16, 4, 2, 44, 5, 0, 34), (34, 4, 2, 88, 9, 0, 70), (70, 16, 8, None, 0, 31, 500)]:
+        x = torch.randn(2, 21, xs, xs)
+        w = torch.randn(21, 1, k, k)
+        sk = torch.randn(2, 21, skip, skip) if skip else None
+        kw = dict(stride=s, offset=off, size=(n, n), skip=sk, skip_offset=so, groups=21)
+        assert_matches_reference(x, w, kw, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_asymmetric_and_rectangular():
+    for k, s in [((3, 5), (2, 3)), ((16, 4), (8, 2)), ((1, 9), (1, 4)), ((5, 2), (4, 8))]:
+        x, w, kw = make_case(hi=3, wi=7, k=k, s=s, crop=(1, 3, None, None))
+        assert_matches_reference(x, w, kw)
+
+
+def test_forward_kernel_smaller_than_stride_leaves_gaps():
+    """With k < s some outputs get no input: they equal the skip exactly."""
+    x, w, kw = make_case(k=(2, 3), s=(4, 8), crop=(0, 0, None, None))
+    assert_matches_reference(x, w, kw)
+    out = ops.deconv_crop_sum(x, w, **kw)
+    sh, sw = kw["skip_offset"]
+    torch.testing.assert_close(out[..., 2, 3:8], kw["skip"][..., sh + 2, sw + 3:sw + 8], rtol=0, atol=0)
+
+
+def test_forward_default_size_and_int_arguments():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    w = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    got = ops.deconv_crop_sum(x, w, 2, 1)
+    want = F.conv_transpose2d(x, w, stride=2)[:, :, 1:, 1:]
+    torch.testing.assert_close(got, want)
+
+
+def test_forward_non_contiguous_inputs():
+    x, w, kw = make_case(n=2, c=4, hi=6, wi=7, k=(4, 4), s=(2, 2), groups=4)
+    x_nc = x.transpose(2, 3).contiguous().transpose(2, 3)  # column-major planes
+    w_nc = torch.randn(4, 1, 4, 8, dtype=torch.float64)[:, :, :, ::2]  # strided columns
+    x_sl = torch.randn(2, 4, 6, 14, dtype=torch.float64)[..., ::2]  # strided columns
+    sk = kw["skip"]
+    cases = [
+        dict(skip=sk.contiguous(memory_format=torch.channels_last)),
+        dict(skip=torch.randn(2, 4, sk.shape[2], 2 * sk.shape[3], dtype=torch.float64)[..., ::2]),  # column stride 2
+        dict(skip=torch.randn(2, 8, *sk.shape[2:], dtype=torch.float64)[:, ::2]),  # channel stride
+    ]
+    for x_, w_ in [(x_nc, w), (x, w_nc), (x_sl, w_nc)]:
+        for c in cases:
+            assert_matches_reference(x_, w_, {**kw, **c})
+    assert not (x_nc.is_contiguous() or w_nc.is_contiguous() or x_sl.is_contiguous())
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.sampled_from([1, 2, 3]), hi=st.integers(1, 6), wi=st.integers(1, 9),
+       kh=st.integers(1, 9), kw_=st.integers(1, 9), sh=st.integers(1, 9), sw=st.integers(1, 9),
+       depthwise=st.booleans(), skip=st.booleans(), data=st.data())
+def test_forward_random_geometry(n, c, hi, wi, kh, kw_, sh, sw, depthwise, skip, data):
+    fh, fw = full_size(hi, kh, sh), full_size(wi, kw_, sw)
+    oh = data.draw(st.integers(0, fh - 1))
+    ow = data.draw(st.integers(0, fw - 1))
+    h = data.draw(st.integers(1, fh - oh))
+    wd = data.draw(st.integers(1, fw - ow))
+    x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(kh, kw_), s=(sh, sw), groups=c if depthwise else 1,
+                         crop=(oh, ow, h, wd), skip=skip, skip_pad=(data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))))
+    assert_matches_reference(x, w, kw)
+
+
+_ISA_SCRIPT = """
+import itertools, torch
+from fcn_caffe_repro import ops
+for s, k, g in itertools.product([1, 2, 3, 4, 8, 16], [1, 4, 16, 17], [1, 2]):
+    x = torch.randn(2, 2, 5, 11); w = torch.randn(2, 2 // g, k, k, requires_grad=True)
+    xr = x.clone().requires_grad_(); sk = torch.randn(2, 2, (5 - 1) * s + k + 1, (11 - 1) * s + k + 2)
+    kw = dict(stride=s, offset=(1, 2), size=((5 - 1) * s + k - 2, (11 - 1) * s + k - 3), skip=sk, skip_offset=1, groups=g)
+    a, b = ops.deconv_crop_sum(xr, w, **kw), ops.deconv_crop_sum(xr, w, **kw, impl="torch")
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    gy = torch.randn_like(a)
+    torch.testing.assert_close(torch.autograd.grad(a, (xr, w), gy), torch.autograd.grad(b, (xr, w), gy), rtol=1e-4, atol=1e-3)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_cpu_instruction_set_variant(isa):
+    """The kernels are compiled per instruction set and picked at run time; check the lower ones
+    too (the default run already checks the best one this CPU has)."""
+    env = dict(os.environ, FCN_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("s,k,groups", [(1, 3, 1), (2, 4, 3), (3, 5, 1), (4, 4, 3), (8, 16, 3), (8, 3, 1)])
+def test_gradcheck(s, k, groups):
+    x, w, kw = make_case(n=2, c=3, hi=3, wi=4, k=(k, k), s=(s, s), groups=groups, crop=(1, 2, None, None))
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    sk = kw.pop("skip").requires_grad_(True)
+    fast = k >= 16  # a 16x16 kernel has 768 weight entries: random projections keep it quick
+    assert torch.autograd.gradcheck(lambda x, w, sk: ops.deconv_crop_sum(x, w, skip=sk, **kw), (x, w, sk),
+                                    fast_mode=fast)
+
+
+def test_gradcheck_without_skip_and_fixed_weight():
+    x, w, kw = make_case(n=1, c=2, hi=4, wi=3, k=(16, 16), s=(8, 8), groups=2, crop=(5, 3, 12, 20), skip=False)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ops.deconv_crop_sum(x, w, **kw), (x,))
+
+
+def test_backward_op_mask_and_skip_gradient():
+    x, w, kw = make_case(n=2, c=3, hi=4, wi=4, groups=3)
+    grad = torch.randn(2, 3, *kw["size"], dtype=torch.float64)
+    sk = kw["skip"]
+    gx, gw, gs = torch.ops.fcn_caffe_repro.deconv_crop_sum_backward(
+        grad, x, w, list(kw["stride"]), list(kw["offset"]), list(sk.shape), list(kw["skip_offset"]), 3,
+        [True, False, True])
+    assert gw.numel() == 0 and gx.shape == x.shape
+    expect = torch.zeros_like(sk)
+    (sh, sw), (h, wd) = kw["skip_offset"], kw["size"]
+    expect[:, :, sh:sh + h, sw:sw + wd] = grad
+    assert torch.equal(gs, expect)
+
+
+def test_autograd_skips_weight_gradient_when_not_needed(monkeypatch):
+    calls = []
+    real = torch.ops.fcn_caffe_repro.deconv_crop_sum_backward
+
+    def spy(*args):
+        calls.append(list(args[-1]))
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.fcn_caffe_repro, "deconv_crop_sum_backward", spy)
+    x, w, kw = make_case(groups=3)
+    x.requires_grad_(True)
+    ops.deconv_crop_sum(x, w, **kw).sum().backward()
+    assert calls == [[True, False, False]]
+
+
+def opcheck_cases():
+    x, w, kw = make_case(n=2, c=2, hi=3, wi=4, k=(4, 4), s=(2, 2), groups=2)
+    args = (x, w, list(kw["stride"]), list(kw["offset"]), list(kw["size"]), kw["skip"], list(kw["skip_offset"]), 2)
+    yield args
+    xg, wg, sg = x.clone().requires_grad_(), w.clone().requires_grad_(), kw["skip"].clone().requires_grad_()
+    yield (xg, wg, *args[2:5], sg, *args[6:])
+    x2, w2, kw2 = make_case(n=1, c=2, hi=3, wi=3, k=(16, 16), s=(8, 8), crop=(3, 4, 10, 11), skip=False)
+    yield (x2.requires_grad_(), w2, [8, 8], [3, 4], [10, 11], None, [0, 0], 1)
+
+
+def test_opcheck():
+    for args in opcheck_cases():
+        torch.library.opcheck(torch.ops.fcn_caffe_repro.deconv_crop_sum.default, args)
+
+
+def test_torch_compile_fullgraph():
+    x, w, kw = make_case(n=1, c=2, hi=3, wi=3, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32)
+    sk = kw.pop("skip")
+
+    def f(x, w, sk):
+        return ops.deconv_crop_sum(x, w, skip=sk, **kw).relu()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, w, sk), f(x, w, sk))
+
+
+# ----- bad input: clear errors, never a crash or an out-of-bounds read -----
+
+def bad(**changes):
+    x, w, kw = make_case(n=1, c=3, hi=4, wi=4, groups=1, dtype=torch.float32)
+    args = dict(x=x, weight=w, **kw)
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(weight=torch.randn(4, 3, 4, 4)), "input channels"),
+    (dict(skip=torch.randn(1, 2, 20, 20)), "skip has shape"),
+    (dict(skip=torch.randn(2, 3, 20, 20)), "skip has shape"),
+    (dict(skip=torch.randn(1, 3, 9, 9)), "too small"),
+    (dict(skip_offset=(5, 0)), "too small"),
+    (dict(skip_offset=(-1, 0)), "skip_offset must be >= 0"),
+    (dict(offset=(-1, 0)), "offset must be >= 0"),
+    (dict(offset=(0, 0), size=(11, 10)), "outside the deconvolution output"),
+    (dict(offset=(9, 0), size=(2, 2)), "outside the deconvolution output"),
+    (dict(size=(0, 4)), "size must be >= 1"),
+    (dict(stride=(0, 2)), "stride must be >= 1"),
+    (dict(groups=2), "does not divide"),
+    (dict(groups=0), "groups must be >= 1"),
+    (dict(x=torch.randn(0, 3, 4, 4)), "x must be non-empty"),
+    (dict(x=torch.randn(1, 3, 0, 4)), "x must be non-empty"),
+    (dict(weight=torch.randn(3, 3, 0, 4)), "weight .* must be non-empty"),
+    (dict(x=torch.randn(3, 4, 4)), "must be 4-D"),
+    (dict(skip=torch.randn(1, 3, 0, 12)), "skip must be non-empty"),
+    (dict(weight=torch.randn(3, 3, 4, 4, dtype=torch.float64)), "weight has dtype"),
+    (dict(skip=torch.randn(1, 3, 20, 20, dtype=torch.float64)), "skip has dtype"),
+    (dict(x=torch.randn(1, 3, 4, 4).half(), weight=torch.randn(3, 3, 4, 4).half(), skip=None), "float16 and bfloat16 are supported on CUDA"),
+    (dict(x=torch.ones(1, 3, 4, 4, dtype=torch.int32), weight=torch.ones(3, 3, 4, 4, dtype=torch.int32), skip=None), "floating point"),
+])
+def test_bad_input_raises_clear_error(changes, message):
+    args = bad(**changes)
+    with pytest.raises(RuntimeError, match=message):
+        op(args["x"], args["weight"], list(args["stride"]), list(args["offset"]), list(args["size"]), args["skip"],
+           list(args["skip_offset"]), args["groups"])
+
+
+def test_backward_bad_input():
+    x, w, kw = make_case(n=1, c=3, hi=4, wi=4, groups=3)
+    with pytest.raises(RuntimeError, match="grad has shape"):
+        torch.ops.fcn_caffe_repro.deconv_crop_sum_backward(
+            torch.randn(1, 2, 5, 5, dtype=torch.float64), x, w, [2, 2], [1, 2], [], [0, 0], 3, [True, False, False])
+    with pytest.raises(RuntimeError, match="too small"):
+        torch.ops.fcn_caffe_repro.deconv_crop_sum_backward(
+            torch.randn(1, 3, 5, 5, dtype=torch.float64), x, w, [2, 2], [1, 2], [1, 3, 5, 5], [1, 0], 3, [False, False, True])
+
+
+def test_wrapper_argument_errors():
+    x, w, kw = make_case()
+    with pytest.raises(ValueError, match="impl"):
+        ops.deconv_crop_sum(x, w, 2, impl="cuda")
+    with pytest.raises(ValueError, match="pair"):
+        ops.deconv_crop_sum(x, w, (2, 2, 2))
+    with pytest.raises(ValueError, match="outside"):
+        ops.deconv_crop_sum(x, w, 2, offset=(0, 0), size=(100, 4), impl="torch")
+
+
+def test_missing_extension_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setattr(ops, "_IMPORT_ERROR", ImportError("no module named fcn_caffe_repro._C"))
+    assert not ops.extension_available()
+    x, w, kw = make_case()
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation --no-deps -e"):
+        ops.deconv_crop_sum(x, w, **kw)
+    ops.deconv_crop_sum(x, w, **kw, impl="torch")  # the reference path still works
+
+
+# ----- CUDA (skipped without a GPU) -----
+
+CUDA_CASES = [((4, 4), (2, 2), 3, True), ((16, 16), (8, 8), 3, False), ((5, 3), (3, 2), 1, True), ((63, 63), (32, 32), 3, True)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("k,s,groups,skip", CUDA_CASES)
+def test_cuda_matches_cpu(k, s, groups, skip):
+    x, w, kw = make_case(n=2, c=3, hi=5, wi=6, k=k, s=s, groups=groups, skip=skip, crop=(2, 1, None, None))
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    xc, wc = x.detach().cuda().requires_grad_(True), w.detach().cuda().requires_grad_(True)
+    kc = {**kw, "skip": kw["skip"].cuda() if skip else None}
+    out, outc = ops.deconv_crop_sum(x, w, **kw), ops.deconv_crop_sum(xc, wc, **kc)
+    torch.testing.assert_close(outc.cpu(), out)
+    gy = torch.randn_like(out)
+    torch.testing.assert_close([t.cpu() for t in torch.autograd.grad(outc, (xc, wc), gy.cuda())],
+                               list(torch.autograd.grad(out, (x, w), gy)))
+
+
+@needs_cuda
+def test_cuda_gradcheck_and_opcheck():
+    x, w, kw = make_case(n=2, c=3, hi=3, wi=4, k=(4, 4), s=(2, 2), groups=3, device="cuda")
+    x, w = x.cuda().requires_grad_(True), w.cuda().requires_grad_(True)
+    sk = kw.pop("skip").requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w, sk: ops.deconv_crop_sum(x, w, skip=sk, **kw), (x, w, sk))
+    for args in opcheck_cases():
+        args = tuple(a.detach().cuda().requires_grad_(a.requires_grad) if torch.is_tensor(a) else a for a in args)
+        torch.library.opcheck(torch.ops.fcn_caffe_repro.deconv_crop_sum.default, args)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision(dtype):
+    x, w, kw = make_case(n=2, c=21, hi=16, wi=16, k=(4, 4), s=(2, 2), groups=21, dtype=torch.float32, device="cuda")
+    x, w = x.cuda(), w.cuda()
+    want = ops.deconv_crop_sum(x, w, **kw)
+    got = ops.deconv_crop_sum(x.to(dtype), w.to(dtype), **{**kw, "skip": kw["skip"].to(dtype)})
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=5e-2)
+
+
+@needs_cuda
+def test_cuda_device_mix_is_an_error():
+    x, w, kw = make_case(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="is on"):
+        op(x.cuda(), w, list(kw["stride"]), list(kw["offset"]), list(kw["size"]), kw["skip"].cuda(),
+           list(kw["skip_offset"]), 1)
+    with pytest.raises(RuntimeError, match="is on"):
+        op(x.cuda(), w.cuda(), list(kw["stride"]), list(kw["offset"]), list(kw["size"]), kw["skip"],
+           list(kw["skip_offset"]), 1)

@@ -1,0 +1,315 @@
+"""Benchmark the fused deconvolution-crop-sum op on FCN-8s's three head calls.
+
+For each call (at a 500x500 input, batch 1 and 8), forward and forward+backward, it times side by
+side, in interleaved rounds of one run:
+  fused   fcn_caffe_repro.ops.deconv_crop_sum with the diagonal weights as groups=C
+  caffe   what Caffe computes: full CxC conv_transpose2d + slice + add
+  plain   the best plain PyTorch: depthwise conv_transpose2d + slice + add
+  interp  F.interpolate(bilinear) to the same size (+ the skip): a speed reference only
+A fifth timing, "floor", allocates and writes a tensor of the output's size (torch.empty +
+fill_): no path can beat it, and on machines where fresh memory is expensive to fault in, it
+dominates the large calls.  It reports achieved GB/s of the fused op for the bytes it must move against the machine's copy
+bandwidth (a large tensor copy_) measured in the same run, and each path's peak memory (CPU: the
+rise of peak RSS in a subprocess where malloc returns freed blocks at once; CUDA: the allocator's
+peak).  Prints a markdown table and writes JSON.
+
+    python tools/bench_fused.py --device cpu [--batch 1 8] [--rounds 15] [--json out.json]
+
+Sections are functions returning rows (bench_head_calls); a whole-net FCN-8s fused-vs-unfused
+section belongs beside it.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fcn_caffe_repro import ops
+
+METHODS = ("fused", "caffe", "plain", "interp")
+
+
+def fcn8s_head_calls(size=500, classes=21):
+    """The three Deconvolution(-Crop-Eltwise) calls of voc-fcn8s at a size x size input.
+
+    Spatial sizes follow the prototxt: conv1_1 pads 100, 3x3 convs keep size, five 2x2/2 max
+    pools round up (Caffe), fc6 is 7x7 unpadded; the crop offsets 5, 9, 31 are the prototxt's.
+    """
+    s = size + 2 * 100 - 2
+    pools = []
+    for _ in range(5):
+        s = math.ceil((s - 2) / 2) + 1
+        pools.append(s)
+    score_fr = pools[4] - 6
+    up2 = (score_fr - 1) * 2 + 4
+    up4 = (up2 - 1) * 2 + 4
+    return [
+        dict(name="upscore2+score_pool4", x=score_fr, k=4, s=2, skip=pools[3], skip_offset=5, offset=0, out=up2),
+        dict(name="upscore_pool4+score_pool3", x=up2, k=4, s=2, skip=pools[2], skip_offset=9, offset=0, out=up4),
+        dict(name="upscore8 crop", x=up4, k=16, s=8, skip=None, skip_offset=0, offset=31, out=size),
+    ]
+
+
+def bilinear_kernel(k):
+    """Caffe/FCN's bilinear upsampling filter (surgery.upsample_filt)."""
+    factor = (k + 1) // 2
+    center = factor - 1 if k % 2 == 1 else factor - 0.5
+    r = torch.arange(k, dtype=torch.float64)
+    f = 1 - (r - center).abs() / factor
+    return (f[:, None] * f[None, :]).float()
+
+
+def make_inputs(call, batch, classes, device, grad):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, classes, call["x"], call["x"], generator=g).to(device)
+    skip = None
+    if call["skip"] is not None:
+        skip = torch.randn(batch, classes, call["skip"], call["skip"], generator=g).to(device)
+    filt = bilinear_kernel(call["k"]).to(device)
+    w_dw = filt.expand(classes, 1, -1, -1).contiguous()
+    w_full = torch.zeros(classes, classes, call["k"], call["k"], device=device)
+    w_full[range(classes), range(classes)] = filt
+    if grad:
+        x.requires_grad_(True)
+        if skip is not None:
+            skip.requires_grad_(True)
+    return x, skip, w_dw, w_full
+
+
+def method_fn(method, call, x, skip, w_dw, w_full):
+    """A zero-argument callable running one path of the call."""
+    s, o, so, n = call["s"], call["offset"], call["skip_offset"], call["out"]
+    classes = x.shape[1]
+
+    def crop_add(full):
+        out = full[:, :, o:o + n, o:o + n]
+        return out.contiguous() if skip is None else out + skip[:, :, so:so + n, so:so + n]
+
+    if method == "fused":
+        return lambda: ops.deconv_crop_sum(x, w_dw, s, o, (n, n), skip, so, groups=classes)
+    if method == "caffe":
+        return lambda: crop_add(F.conv_transpose2d(x, w_full, stride=s))
+    if method == "plain":
+        return lambda: crop_add(F.conv_transpose2d(x, w_dw, stride=s, groups=classes))
+    if method == "interp":
+        def interp():
+            up = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
+            return up if skip is None else up + skip[:, :, so:so + n, so:so + n]
+        return interp
+    raise ValueError(method)
+
+
+def with_backward(fn, grad_out):
+    def run():
+        fn().backward(grad_out)
+    return run
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device, rounds, mib=256):
+    """Bytes read + written per second by a large tensor copy_ (GB/s)."""
+    n = mib * 2**20 // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(max(5, rounds // 2)):
+        sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+
+
+def bytes_moved(call, batch, classes, backward):
+    """The bytes the fused op must read and write (float32)."""
+    n, xs = call["out"], call["x"]
+    out = batch * classes * n * n
+    xin = batch * classes * xs * xs
+    skip_crop = out if call["skip"] is not None else 0
+    total = xin + skip_crop + out  # read x and the skip's crop, write the output
+    if backward:  # read grad, write grad_x and the whole grad_skip
+        total += out + xin + (batch * classes * call["skip"] ** 2 if call["skip"] is not None else 0)
+    return 4 * total
+
+
+def time_methods(fns, device, rounds):
+    """Median seconds per method, rounds interleaved so all paths see the same machine load."""
+    for fn in fns.values():
+        for _ in range(2):
+            fn()
+    sync(device)
+    times = {m: [] for m in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for m in order[r % len(order):] + order[:r % len(order)]:
+            sync(device)
+            t = time.perf_counter()
+            fns[m]()
+            sync(device)
+            times[m].append(time.perf_counter() - t)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def peak_memory_cuda(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_cpu_here(fn):
+    """Rise of peak RSS over one call (Linux; needs malloc to unmap freed blocks, see main)."""
+    fn()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak RSS to the current RSS
+    base = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - base
+
+
+def peak_memory_cpu(batches):
+    """Runs the memory pass in a subprocess with MALLOC_MMAP_THRESHOLD_=64k, so every large
+    buffer is mapped when allocated and unmapped when freed, and RSS follows live memory."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-pass", "--threads", str(torch.get_num_threads()),
+           "--batch", *map(str, batches)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        return {tuple(json.loads(k)): v for k, v in json.loads(out).items()}
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        print(f"peak memory not measured: {exc}", file=sys.stderr)
+        return {}
+
+
+def memory_pass(batches, classes=21):
+    result = {}
+    for call in fcn8s_head_calls(classes=classes):
+        for batch in batches:
+            for backward in (False, True):
+                x, skip, w_dw, w_full = make_inputs(call, batch, classes, "cpu", backward)
+                grad = torch.randn(batch, classes, call["out"], call["out"]) if backward else None
+                for m in METHODS:
+                    fn = method_fn(m, call, x, skip, w_dw, w_full)
+                    fn = with_backward(fn, grad) if backward else fn
+                    result[json.dumps([call["name"], batch, backward, m])] = peak_memory_cpu_here(fn)
+    print(json.dumps(result))
+
+
+def check_agreement(call, x, skip, w_dw, w_full):
+    """The fused, Caffe and plain paths compute the same thing; stop if they do not."""
+    with torch.no_grad():
+        ref = method_fn("caffe", call, x, skip, w_dw, w_full)()
+        for m in ("fused", "plain"):
+            got = method_fn(m, call, x, skip, w_dw, w_full)()
+            if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
+                raise SystemExit(f"{call['name']}: {m} differs from caffe by {(got - ref).abs().max():.3g}")
+
+
+def bench_head_calls(device, batches, rounds, copy_gbs, classes=21):
+    rows = []
+    for call in fcn8s_head_calls(classes=classes):
+        for batch in batches:
+            for backward in (False, True):
+                x, skip, w_dw, w_full = make_inputs(call, batch, classes, device, backward)
+                check_agreement(call, x, skip, w_dw, w_full)
+                grad = torch.randn(batch, classes, call["out"], call["out"], device=device) if backward else None
+                fns = {}
+                for m in METHODS:
+                    fn = method_fn(m, call, x, skip, w_dw, w_full)
+                    fns[m] = with_backward(fn, grad) if backward else fn
+                shape = (batch, classes, call["out"], call["out"])
+                fns["floor"] = lambda: torch.empty(shape, device=device).fill_(0)
+                t = time_methods(fns, device, rounds)
+                moved = bytes_moved(call, batch, classes, backward)
+                row = dict(call=call["name"], batch=batch, mode="fwd+bwd" if backward else "fwd",
+                           ms={m: 1e3 * t[m] for m in (*METHODS, "floor")},
+                           caffe_over_fused=t["caffe"] / t["fused"], plain_over_fused=t["plain"] / t["fused"],
+                           interp_over_fused=t["interp"] / t["fused"],
+                           fused_gbs=moved / t["fused"] / 1e9, bytes_moved=moved)
+                row["fused_pct_copy_bw"] = 100 * row["fused_gbs"] / copy_gbs
+                if device == "cuda":
+                    row["peak_mb"] = {m: peak_memory_cuda(fns[m]) / 2**20 for m in METHODS}
+                rows.append(row)
+                print(f"  {row['call']} batch {batch} {row['mode']}: fused {row['ms']['fused']:.3f} ms, "
+                      f"caffe x{row['caffe_over_fused']:.1f}, plain x{row['plain_over_fused']:.1f}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows, copy_gbs):
+    head = ("| call | batch | mode | fused ms | caffe ms | plain ms | interp ms | floor ms | caffe/fused | plain/fused "
+            "| fused GB/s | % of copy BW | peak MB fused / caffe / plain / interp |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ms = r["ms"]
+        peak = " / ".join(f"{r['peak_mb'][m]:.1f}" for m in METHODS) if "peak_mb" in r else "n/a"
+        lines.append(f"| {r['call']} | {r['batch']} | {r['mode']} | {ms['fused']:.3f} | {ms['caffe']:.3f} | "
+                     f"{ms['plain']:.3f} | {ms['interp']:.3f} | {ms['floor']:.3f} | {r['caffe_over_fused']:.1f}x | "
+                     f"{r['plain_over_fused']:.1f}x | {r['fused_gbs']:.1f} | {r['fused_pct_copy_bw']:.0f}% | {peak} |")
+    lines.append(f"\nCopy bandwidth (256 MiB copy_, read + write): {copy_gbs:.1f} GB/s. floor: torch.empty + "
+                 "fill_ of the output's size. Times are medians of interleaved rounds.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds per path (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="where to write the JSON (default bench/bench_fused_DEVICE.json)")
+    p.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_pass:
+        return memory_pass(args.batch)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    if not ops.extension_available():
+        raise SystemExit("fcn_caffe_repro._C is not built: pip install --no-build-isolation --no-deps -e .")
+
+    copy_gbs = copy_bandwidth(args.device, args.rounds)
+    rows = bench_head_calls(args.device, args.batch, args.rounds, copy_gbs)
+    if args.device == "cpu":
+        peaks = peak_memory_cpu(args.batch)
+        for r in rows:
+            if peaks:
+                r["peak_mb"] = {m: peaks[(r["call"], r["batch"], r["mode"] == "fwd+bwd", m)] / 2**20 for m in METHODS}
+    table = markdown(rows, copy_gbs)
+    print(table)
+    meta = dict(device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
+                machine=platform.processor() or platform.machine(),
+                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None,
+                rounds=args.rounds, copy_gbs=copy_gbs, thp_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"), command=" ".join(["python", "tools/bench_fused.py", *sys.argv[1:]]))
+    path = args.json or os.path.join("bench", f"bench_fused_{args.device}.json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(dict(meta=meta, rows=rows, table=table), fh, indent=1)
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
