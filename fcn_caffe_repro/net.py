@@ -274,3 +274,10 @@ class CaffeNet(nn.Module):
 
     def to_prototxt(self):
         return self.spec.to_prototxt()
+
+    def optimize(self, **kw):
+        """Install the fast inference plan (fast.optimize: oneDNN conv+ReLU, prepacked weights,
+        channels_last, the fused skip op); returns the net. See fcn_caffe_repro/fast.py."""
+        from .fast import optimize
+
+        return optimize(self, **kw)

@@ -1,0 +1,243 @@
+"""The fast inference mode (fast.py): Caffe parity, the fast path actually taken, weights changed
+after optimize(), training through it, and clear errors for paths that cannot be had."""
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import CAFFE_REF, rel_err
+import fcn_caffe_repro as fcr
+from fcn_caffe_repro import fast, ops
+from fcn_caffe_repro.errors import NetError
+
+NETS = sorted(p.name for p in (CAFFE_REF / "nets").iterdir() if p.is_dir())
+GROUPED = {"voc-fcn-alexnet"}  # grouped convolutions: no "gemm" path
+LOSS_TOL, BLOB_TOL = 1e-4, 1e-5
+
+
+def load(name):
+    folder = CAFFE_REF / "nets" / name
+    net = fcr.CaffeNet.from_prototxt(folder / "net.prototxt", weights=folder / "weights.caffemodel")
+    ref = np.load(folder / "blobs.npz")
+    return net, ref, {k: torch.from_numpy(ref[k]) for k in net.inputs}
+
+
+def assert_matches_caffe(net, ref, blobs):
+    for k in ref.files:
+        if k in blobs:
+            tol = LOSS_TOL if k in net.loss_weights else BLOB_TOL
+            assert rel_err(blobs[k].numpy(), ref[k]) <= tol, k
+    assert all(out in blobs for out in net.outputs)
+
+
+@pytest.mark.parametrize("conv", ["auto", "gemm", "torch"])
+@pytest.mark.parametrize("name", NETS)
+def test_fast_mode_matches_caffe(name, conv):
+    if conv == "gemm" and name in GROUPED:
+        pytest.skip("grouped convolutions have no gemm path (tested to raise below)")
+    net, ref, inputs = load(name)
+    net.optimize(conv=conv)
+    with torch.no_grad():
+        blobs = net(return_blobs=True, **inputs)
+    assert_matches_caffe(net, ref, blobs)
+    ran = {path for c in fast.calls(net).values() for path in c}
+    lrn = {"nhwc-sum"} if name == "voc-fcn-alexnet" else set()
+    assert ran == {"mkldnn" if conv == "auto" else conv} | lrn, ran  # caffe-ref widths: no fc-like layer
+
+
+def test_every_convolution_and_relu_is_one_fast_step():
+    net, _, _ = load("voc-fcn8s")
+    net.optimize()
+    paths = dict(fast.describe(net))
+    convs = [n for n, m in net.layer_modules() if type(m).__name__ == "Convolution"]
+    relus = [n for n, m in net.layer_modules() if type(m).__name__ == "ReLU"]
+    assert len(relus) == 15 and all(any(s.startswith(f"{c}+") or s == c for s in paths) for c in convs)
+    assert not any(n in paths for n in relus), "every ReLU is fused into its convolution"
+    assert paths["conv1_1+relu1_1"] == "conv+relu/mkldnn" and paths["score_fr"] == "conv/mkldnn"
+    assert paths["upscore2+fuse_pool4"] == "deconv_crop_sum/ext/depthwise"
+    assert paths["upscore_pool4+fuse_pool3"] == "deconv_crop_sum/ext/dense"  # the fixture's dense kernel
+    assert paths["upscore8+score"] == "deconv_crop/ext/depthwise"
+
+
+def test_fc_like_layers_take_the_gemm_path():
+    """At a quarter of the width fc6 reduces over 7x7x128 = 6272 inputs: fc-like, so GEMM."""
+    net = fcr.build_net("voc-fcn32s", phase="deploy", width_divisor=4)
+    net.optimize()
+    paths = dict(fast.describe(net))
+    assert paths["fc6+relu6"] == "conv+relu/gemm"
+    assert paths["fc7+relu7"] == paths["conv5_3+relu5_3"] == "conv+relu/mkldnn"
+    plain = fcr.build_net("voc-fcn32s", phase="deploy", width_divisor=4)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, (2.0 / p[0].numel()) ** 0.5 if p.dim() == 4 else 0.1)
+        net.load_state_dict(plain.state_dict())
+        x = torch.randn(1, 3, 64, 64) * 50
+        want, got = plain(data=x)["score"], net(data=x)["score"]
+    assert fast.calls(net)["fc6+relu6"] == {"gemm": 1}
+    assert rel_err(got.numpy(), want.numpy()) <= BLOB_TOL
+
+
+def test_fast_mode_takes_the_fast_ops(monkeypatch):
+    """No plain convolution runs; oneDNN's fused conv gets the prepacked (mkldnn-layout) weights in
+    channels_last, and the skip paths go through the fused op."""
+    net, ref, inputs = load("voc-fcn16s")
+    net.optimize()
+    seen, fused = [], []
+    real_conv, real_fused = torch.ops.mkldnn._convolution_pointwise, torch.ops.fcn_caffe_repro.deconv_crop_sum
+
+    def spy_conv(x, w, *args):
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), w.is_mkldnn, args[-3]))
+        return real_conv(x, w, *args)
+
+    def no_plain(*a, **k):
+        raise AssertionError("a plain F.conv2d ran in the fast mode")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy_conv, raising=False)
+    monkeypatch.setattr(ops.torch.ops.fcn_caffe_repro, "deconv_crop_sum",
+                        lambda *a: fused.append(a) or real_fused(*a), raising=False)
+    monkeypatch.setattr(F, "conv2d", no_plain)
+    with torch.no_grad():
+        blobs = net(return_blobs=True, **inputs)
+    assert len(seen) == 17 and all(cl and packed for cl, packed, _ in seen)
+    assert sum(attr == "relu" for _, _, attr in seen) == 15  # every ReLU in oneDNN's epilogue
+    assert len(fused) == 2
+    assert_matches_caffe(net, ref, blobs)
+
+
+def test_blobs_are_freed_after_their_last_reader():
+    net, _, inputs = load("voc-fcn8s")
+    net.optimize()
+    steps = {s.name: s for s in net.plan}
+    refs, alive_at_end = {}, {}
+
+    def keep(name):
+        return lambda module, args, out: refs.__setitem__(name, weakref.ref(out[0]))
+
+    for name in ("conv1_1+relu1_1", "conv1_2+relu1_2", "fc7+relu7"):
+        steps[name].module.register_forward_hook(keep(name))
+    steps["upscore8+score"].module.register_forward_pre_hook(
+        lambda module, args: alive_at_end.update({k: r() is not None for k, r in refs.items()}))
+    with torch.no_grad():
+        net(**inputs)
+    assert alive_at_end == {"conv1_1+relu1_1": False, "conv1_2+relu1_2": False, "fc7+relu7": False}
+
+
+def test_reused_buffers_never_overwrite_what_a_caller_holds(monkeypatch):
+    monkeypatch.setattr(fast.BufferPool, "MIN_BYTES", 0)  # caffe-ref activations are small: pool them all
+    net, ref, inputs = load("voc-fcn8s")
+    net.optimize()
+    other = dict(inputs, data=inputs["data"] * -0.5)
+    with torch.no_grad():
+        first = net(return_blobs=True, **inputs)
+        kept = {k: v.clone() for k, v in first.items()}
+        for _ in range(2):
+            second = net(return_blobs=True, **other)
+            net(**other)
+        assert all(torch.equal(first[k], kept[k]) for k in kept), "a held blob was overwritten"
+        assert not torch.equal(second["fc7"], first["fc7"])
+        reused = fast.buffer_stats(net)["reused"]
+        del first, second
+        again = [net(return_blobs=True, **inputs) for _ in range(2)]
+    stats = fast.buffer_stats(net)
+    assert stats["reused"] > reused and len(stats["buffers"]) == 2
+    assert all(torch.equal(again[0][k], again[1][k]) and torch.equal(again[0][k], kept[k]) for k in kept)
+    assert_matches_caffe(net, ref, again[1])
+    fast.release_buffers(net)
+    assert fast.buffer_stats(net)["buffers"] == []
+
+
+def test_weights_changed_after_optimize_are_used():
+    net, ref, inputs = load("voc-fcn32s")
+    net.optimize()
+    step = next(s.module for s in net.plan if s.name == "conv1_1+relu1_1")
+    assert step.repacks == 1
+    other = {name: [b.detach().numpy() * 1.5 for b in blobs] for name, blobs in net.params_by_layer().items()}
+    net.load_caffemodel(other)
+    plain = fcr.CaffeNet.from_prototxt(CAFFE_REF / "nets" / "voc-fcn32s" / "net.prototxt")
+    plain.load_caffemodel(other)
+    with torch.no_grad():
+        got, want = net(return_blobs=True, **inputs), plain(return_blobs=True, **inputs)
+    assert step.repacks == 2
+    for k in ("conv1_1", "fc7", "score"):
+        assert rel_err(got[k].numpy(), want[k].numpy()) <= BLOB_TOL, k
+    # writes through .data bypass PyTorch's version counter: repack() is the documented remedy
+    with torch.no_grad():
+        net.conv1_1.weight.data.mul_(-1)
+        plain.conv1_1.weight.mul_(-1)
+        fast.repack(net)
+        assert rel_err(net(**inputs)["loss"].numpy(), plain(**inputs)["loss"].numpy()) <= LOSS_TOL
+
+
+@pytest.mark.parametrize("name", ["voc-fcn16s", "voc-fcn-alexnet"])
+def test_training_runs_the_autograd_path_with_plain_gradients(name):
+    net, _, inputs = load(name)
+    plain = fcr.CaffeNet.from_prototxt(CAFFE_REF / "nets" / name / "net.prototxt")
+    plain.load_state_dict(net.state_dict())
+    net.optimize()
+    for n in (net, plain):
+        n.objective(n(**inputs)).backward()
+    lrn = {"nhwc-sum"} if name == "voc-fcn-alexnet" else set()  # plain torch ops: autograd runs through
+    assert {p for c in fast.calls(net).values() for p in c} == {"autograd"} | lrn
+    for (k, a), (_, b) in zip(net.named_parameters(), plain.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), k
+        if a.grad is not None:
+            assert rel_err(a.grad.numpy(), b.grad.numpy()) <= 1e-5, k
+
+
+def test_inference_only_mode_refuses_autograd():
+    net, _, inputs = load("voc-fcn32s")
+    net.optimize(train="error")
+    with pytest.raises(NetError, match="inference-only.*torch.no_grad"):
+        net(**inputs)
+    with torch.no_grad():
+        net(**inputs)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(conv="cudnn"), "conv must be one of"),
+    (dict(skip="fast"), "skip must be one of"),
+    (dict(memory_format="nhwc"), "memory_format must be one of"),
+    (dict(train="maybe"), "train must be one of"),
+])
+def test_unknown_choices_raise(kw, match):
+    net, _, _ = load("voc-fcn32s")
+    with pytest.raises(NetError, match=match):
+        net.optimize(**kw)
+
+
+def test_unavailable_paths_raise(monkeypatch):
+    net, _, inputs = load("voc-fcn-alexnet")
+    with pytest.raises(NetError, match="conv='gemm' needs group 1") as e:
+        net.optimize(conv="gemm")
+    assert e.value.layer == "conv2"
+    monkeypatch.setattr(fast, "mkldnn_available", lambda: False)
+    with pytest.raises(NetError, match="oneDNN .* not available"):
+        net.optimize()
+    net.optimize(conv="torch")  # asks for nothing oneDNN gives
+    monkeypatch.setattr(ops, "extension_available", lambda: False)
+    with pytest.raises(NetError, match="extension .* not built"):
+        net.optimize(conv="torch")
+    net.optimize(conv="torch", skip="torch")
+    with torch.no_grad():
+        net(**inputs)
+
+
+def test_dtype_the_prepacked_path_cannot_run_raises():
+    net, _, inputs = load("voc-fcn32s")
+    with pytest.raises(NetError, match="float32"):
+        fcr.CaffeNet.from_prototxt(CAFFE_REF / "nets" / "voc-fcn32s" / "net.prototxt").double().optimize()
+    net.optimize()
+    net.double()  # after optimize: the next forward must refuse, not run a stale float32 copy
+    with torch.no_grad(), pytest.raises(NetError, match="float32") as e:
+        net(**{k: v.double() for k, v in inputs.items()})
+    assert e.value.layer == "conv1_1"
+
+
+def test_enabled_false_restores_every_blob():
+    net, ref, inputs = load("voc-fcn8s")
+    net.optimize().optimize(enabled=False)
+    assert fast.calls(net) == {}
+    with torch.no_grad():
+        assert set(ref.files) <= set(net(return_blobs=True, **inputs))
