@@ -1,13 +1,11 @@
 """Convert a .caffemodel into a PyTorch state_dict for a known net, checked by a forward pass."""
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .errors import NetError
+from .solver import atomic_save
 
 
 def load_net(model, net=None, prototxt=None, num_classes=None):
@@ -45,19 +43,6 @@ def layer_table(net):
     return rows
 
 
-def save_state_dict(state, out):
-    """torch.save to a temp file beside `out`, then rename: never a half-written file."""
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, progress=True):
     """Load, verify, save; returns (rows, output shapes, timings)."""
     t0 = time.perf_counter()
@@ -71,7 +56,7 @@ def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, p
     steps.update()
     t2 = time.perf_counter()
     steps.set_postfix_str("saving")
-    save_state_dict(caffe_net.state_dict(), out)
+    atomic_save(caffe_net.state_dict(), out)
     steps.update()
     steps.close()
     t3 = time.perf_counter()
