@@ -235,8 +235,8 @@ class FastConv(nn.Module):
 
 
 class FastLRN(nn.Module):
-    """LRN across channels as a sum of `size` shifted channel slices on the NHWC view: the
-    layer's own avg_pool3d formulation runs some 30x slower on the CPU (AlexNet's norm1/norm2)."""
+    """LRN across channels as a sum of `size` shifted channel slices on the NHWC view: about twice
+    as fast here as the layer's own avg_pool3d formulation (AlexNet's norm1/norm2)."""
 
     def __init__(self, lrn):
         super().__init__()
