@@ -1,5 +1,6 @@
 // The operator schemas of fcn_caffe_repro (one TORCH_LIBRARY block) and the Python module _C.
-// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu.
+// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu; autograd.cpp
+// holds the Autograd kernel.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -17,9 +18,10 @@ TORCH_LIBRARY(fcn_caffe_repro, m) {
       "deconv_crop_sum(Tensor x, Tensor weight, int[2] stride, int[2] offset, int[2] size, "
       "Tensor? skip, int[2] skip_offset, int groups) -> Tensor");
   // Gradients for (x, weight, skip); a gradient whose output_mask entry is false comes back as
-  // an empty tensor.  skip_size is the skip's shape (ignored when output_mask[2] is false).
+  // an empty tensor.  skip_size is the skip's shape (ignored when output_mask[2] is false); SymInt
+  // so that the Autograd kernel can pass it under torch.compile's dynamic shapes.
   m.def(
       "deconv_crop_sum_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, "
-      "int[2] offset, int[] skip_size, int[2] skip_offset, int groups, bool[3] output_mask) "
+      "int[2] offset, SymInt[] skip_size, int[2] skip_offset, int groups, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
 }

@@ -1,5 +1,5 @@
-"""Python side of csrc/: the fused deconvolution-crop-sum op, its fake and autograd registration,
-and the pure-PyTorch reference it is tested against.
+"""Python side of csrc/: the fused deconvolution-crop-sum op, its fake registration, and the
+pure-PyTorch reference it is tested against (its autograd is registered in C++).
 
 ``deconv_crop_sum`` computes, in one pass and without materialising the uncropped output::
 
@@ -80,8 +80,8 @@ def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip
                                                      skip, list(skip_offset), groups)
 
 
-def _register():
-    """Fake (meta) kernels for torch.compile and the autograd formula, on the C++ schemas."""
+def _register_fake():
+    """Fake (meta) kernels for torch.compile; the autograd formula is in C++ (csrc/autograd.cpp)."""
 
     @torch.library.register_fake("fcn_caffe_repro::deconv_crop_sum")
     def _(x, weight, stride, offset, size, skip, skip_offset, groups):
@@ -94,24 +94,6 @@ def _register():
         gs = x.new_empty(skip_size) if output_mask[2] else x.new_empty((0,))
         return gx, gw, gs
 
-    def setup_context(ctx, inputs, output):
-        x, weight, stride, offset, _size, skip, skip_offset, groups = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.args = (stride, offset, list(skip.shape) if skip is not None else [], skip_offset, groups)
-
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, offset, skip_size, skip_offset, groups = ctx.args
-        need = ctx.needs_input_grad
-        mask = [need[0], need[1], bool(skip_size) and need[5]]
-        gx, gw, gs = torch.ops.fcn_caffe_repro.deconv_crop_sum_backward(
-            grad, x, weight, stride, offset, skip_size, skip_offset, groups, mask)
-        return (gx if mask[0] else None, gw if mask[1] else None, None, None, None,
-                gs if mask[2] else None, None, None)
-
-    torch.library.register_autograd("fcn_caffe_repro::deconv_crop_sum", backward,
-                                    setup_context=setup_context)
-
 
 if extension_available():
-    _register()
+    _register_fake()

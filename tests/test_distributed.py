@@ -60,6 +60,9 @@ def worker(rank, port, out):
         loop = trainer(out, 1, WORLD)
         loop.run()
         torch.save({"weights": weights(loop.solver.net), "val": loop.validate()}, f"{out}/loop{rank}.pt")
+        # Both ranks leave together: a gloo peer that tears down its sockets while the other still
+        # has traffic in flight can abort it ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

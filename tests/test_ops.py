@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fcn_caffe_repro import ops
 
@@ -196,19 +197,41 @@ def test_backward_op_mask_and_skip_gradient():
     assert torch.equal(gs, expect)
 
 
-def test_autograd_skips_weight_gradient_when_not_needed(monkeypatch):
-    calls = []
-    real = torch.ops.fcn_caffe_repro.deconv_crop_sum_backward
+class BackwardCalls(TorchDispatchMode):
+    """Records the output_mask of every deconv_crop_sum_backward call (made by the C++ node)."""
 
-    def spy(*args):
-        calls.append(list(args[-1]))
-        return real(*args)
+    def __init__(self):
+        super().__init__()
+        self.masks = []
 
-    monkeypatch.setattr(torch.ops.fcn_caffe_repro, "deconv_crop_sum_backward", spy)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.fcn_caffe_repro.deconv_crop_sum_backward.default:
+            self.masks.append(list(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wants,mask", [("x", [True, False, False]), ("skip", [False, False, True]),
+                                        ("x weight skip", [True, True, True]), ("weight", [False, True, False])])
+def test_autograd_computes_only_the_gradients_needed(wants, mask):
+    x, w, kw = make_case(groups=3)
+    leaves = dict(x=x, weight=w, skip=kw["skip"])
+    for name in wants.split():
+        leaves[name].requires_grad_(True)
+    out = ops.deconv_crop_sum(x, w, **kw)
+    with BackwardCalls() as calls:
+        out.sum().backward()
+    assert calls.masks == [mask]
+    for name, t in leaves.items():
+        assert (t.grad is not None) == (name in wants.split()), name
+
+
+def test_no_graph_without_grad():
     x, w, kw = make_case(groups=3)
     x.requires_grad_(True)
-    ops.deconv_crop_sum(x, w, **kw).sum().backward()
-    assert calls == [[True, False, False]]
+    assert ops.deconv_crop_sum(x, w, **kw).grad_fn is not None
+    with torch.no_grad():
+        assert ops.deconv_crop_sum(x, w, **kw).grad_fn is None
+    assert ops.deconv_crop_sum(x.detach(), w, **kw).grad_fn is None
 
 
 def opcheck_cases():
@@ -235,6 +258,22 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, w, sk), f(x, w, sk))
+
+
+def test_torch_compile_fullgraph_backward():
+    """The C++ autograd node traces under AOTAutograd: compiled gradients equal eager ones."""
+    x, w, kw = make_case(n=2, c=2, hi=3, wi=4, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32)
+    sk = kw.pop("skip")
+
+    def f(x, sk):
+        return (ops.deconv_crop_sum(x, w, skip=sk, **kw) ** 2).sum()
+
+    grads = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend="aot_eager")):
+        xs, sks = x.clone().requires_grad_(), sk.clone().requires_grad_()
+        fn(xs, sks).backward()
+        grads.append((xs.grad, sks.grad))
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 # ----- bad input: clear errors, never a crash or an out-of-bounds read -----

@@ -1,0 +1,96 @@
+// Autograd of deconv_crop_sum, registered at the Autograd key for every device.
+//
+// In C++ rather than torch.library.register_autograd: FCN's 2x skip calls are a few microseconds
+// of arithmetic, and a Python autograd kernel plus a Python backward node cost more than that on
+// every call.  Without grad mode or an input that requires grad the call goes straight to the
+// device kernel; otherwise a torch::autograd::Function records a C++ node whose backward calls
+// deconv_crop_sum_backward, asking only for the gradients the graph needs.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+
+namespace fcn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor forward_below_autograd(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef offset, at::IntArrayRef size,
+                                  const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
+                                  int64_t groups) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_caffe_repro::deconv_crop_sum", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                               at::IntArrayRef, at::IntArrayRef,
+                                               const std::optional<at::Tensor>&, at::IntArrayRef,
+                                               int64_t)>();
+  at::AutoDispatchBelowADInplaceOrView below;
+  return op.call(x, weight, stride, offset, size, skip, skip_offset, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef offset, c10::SymIntArrayRef skip_size, at::IntArrayRef skip_offset, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fcn_caffe_repro::deconv_crop_sum_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+              c10::SymIntArrayRef, at::IntArrayRef, int64_t, std::array<bool, 3>)>();
+  return op.call(grad, x, weight, stride, offset, skip_size, skip_offset, groups, output_mask);
+}
+
+class DeconvCropSum : public torch::autograd::Function<DeconvCropSum> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            at::IntArrayRef stride, at::IntArrayRef offset, at::IntArrayRef size,
+                            const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
+                            int64_t groups) {
+    const bool has_skip = skip.has_value() && skip->defined();
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["skip_offset"] = skip_offset;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_skip"] = has_skip;
+    // Symbolic under torch.compile's dynamic shapes: the backward schema takes SymInt[].
+    ctx->saved_data["skip_size"] = has_skip ? skip->sym_sizes() : c10::SymIntArrayRef();
+    return forward_below_autograd(x, weight, stride, offset, size, skip, skip_offset, groups);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool has_skip = ctx->saved_data["has_skip"].toBool();
+    // Edges: x 0, weight 1, skip 2 (only when it was given).
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   has_skip && ctx->needs_input_grad(2)};
+    const auto skip_size = ctx->saved_data["skip_size"].toSymIntVector();
+    auto [gx, gw, gs] = backward_op(grads[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
+                                    ctx->saved_data["offset"].toIntVector(), skip_size,
+                                    ctx->saved_data["skip_offset"].toIntVector(),
+                                    ctx->saved_data["groups"].toInt(), mask);
+    const at::Tensor none;
+    return {mask[0] ? gx : none, mask[1] ? gw : none, none, none, none, mask[2] ? gs : none, none, none};
+  }
+};
+
+at::Tensor deconv_crop_sum_autograd(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                                    at::IntArrayRef offset, at::IntArrayRef size,
+                                    const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
+                                    int64_t groups) {
+  const bool wants_grad = at::GradMode::is_enabled() &&
+      (x.requires_grad() || weight.requires_grad() || (skip.has_value() && skip->requires_grad()));
+  if (!wants_grad) return forward_below_autograd(x, weight, stride, offset, size, skip, skip_offset, groups);
+  return DeconvCropSum::apply(x, weight, stride, offset, size, skip, skip_offset, groups);
+}
+
+}  // namespace
+}  // namespace fcn
+
+TORCH_LIBRARY_IMPL(fcn_caffe_repro, Autograd, m) {
+  m.impl("deconv_crop_sum", &fcn::deconv_crop_sum_autograd);
+}
