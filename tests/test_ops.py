@@ -142,6 +142,24 @@ def test_forward_random_geometry(n, c, hi, wi, kh, kw_, sh, sw, depthwise, skip,
     assert_matches_reference(x, w, kw)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 2), c=st.sampled_from([1, 2, 3]), hi=st.integers(1, 4), wi=st.integers(1, 45),
+       k=st.integers(1, 9), s=st.sampled_from([1, 2, 3, 4, 8]), depthwise=st.booleans(), data=st.data())
+def test_backward_random_geometry(n, c, hi, wi, k, s, depthwise, data):
+    """Gradients of x, weight and skip against the reference's, rows wide enough for every group
+    size of the vectorised column loops (up to 4 chunks of 8 input columns) and their ends."""
+    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
+    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
+    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop)
+    inputs = (x.requires_grad_(), w.requires_grad_(), kw.pop("skip").requires_grad_())
+    got = ops.deconv_crop_sum(x, w, skip=inputs[2], **kw)
+    want = ops.deconv_crop_sum(x, w, skip=inputs[2], **kw, impl="torch")
+    gy = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(want, inputs, gy),
+                               rtol=1e-10, atol=1e-10)
+
+
 _ISA_SCRIPT = """
 import itertools, torch
 from fcn_caffe_repro import ops

@@ -11,12 +11,11 @@ fill_): no path can beat it, and on machines where fresh memory is expensive to 
 dominates the large calls.  It reports achieved GB/s of the fused op for the bytes it must move against the machine's copy
 bandwidth (a large tensor copy_) measured in the same run, and each path's peak memory (CPU: the
 rise of peak RSS in a subprocess where malloc returns freed blocks at once; CUDA: the allocator's
-peak).  Prints a markdown table and writes JSON.
+peak).  A second section times the whole full-width FCN-8s forward (random weights, bilinear
+upsampling) with its three upsampling steps unfused (the CaffeNet as built) and fused
+(net.fuse()), interleaved on one net.  Prints markdown tables and writes JSON.
 
-    python tools/bench_fused.py --device cpu [--batch 1 8] [--rounds 15] [--json out.json]
-
-Sections are functions returning rows (bench_head_calls); a whole-net FCN-8s fused-vs-unfused
-section belongs beside it.
+    python tools/bench_fused.py --device cpu [--batch 1 8] [--rounds 15] [--net-rounds 5] [--json out.json]
 """
 import argparse
 import json
@@ -31,6 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench_net import build  # tools/: the full-width net with random weights
 from fcn_caffe_repro import ops
 
 METHODS = ("fused", "caffe", "plain", "interp")
@@ -83,6 +83,10 @@ def make_inputs(call, batch, classes, device, grad):
     return x, skip, w_dw, w_full
 
 
+def leaves(x, skip):
+    return (x,) if skip is None else (x, skip)
+
+
 def method_fn(method, call, x, skip, w_dw, w_full):
     """A zero-argument callable running one path of the call."""
     s, o, so, n = call["s"], call["offset"], call["skip_offset"], call["out"]
@@ -106,9 +110,11 @@ def method_fn(method, call, x, skip, w_dw, w_full):
     raise ValueError(method)
 
 
-def with_backward(fn, grad_out):
+def with_backward(fn, grad_out, inputs):
+    """Forward, then the gradients of x and skip: torch.autograd.grad, because in a net they are
+    activations whose gradients flow on, not leaves that accumulate into .grad."""
     def run():
-        fn().backward(grad_out)
+        torch.autograd.grad(fn(), inputs, grad_out)
     return run
 
 
@@ -145,21 +151,33 @@ def bytes_moved(call, batch, classes, backward):
     return 4 * total
 
 
+def calls_per_block(fn, device, block_s=2e-3):
+    """How many back-to-back calls make one timed block of about block_s: sub-millisecond calls are
+    timed in loops (like timeit's autorange) so the timer and one-off cache misses do not count."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return max(1, min(1000, int(block_s / max(time.perf_counter() - t, 1e-7))))
+
+
 def time_methods(fns, device, rounds):
-    """Median seconds per method, rounds interleaved so all paths see the same machine load."""
+    """Median seconds per call of each method; rounds interleaved so all paths see the same load."""
     for fn in fns.values():
         for _ in range(2):
             fn()
-    sync(device)
+    number = {m: calls_per_block(fn, device) for m, fn in fns.items()}
     times = {m: [] for m in fns}
     order = list(fns)
     for r in range(rounds):
         for m in order[r % len(order):] + order[:r % len(order)]:
+            fn = fns[m]
             sync(device)
             t = time.perf_counter()
-            fns[m]()
+            for _ in range(number[m]):
+                fn()
             sync(device)
-            times[m].append(time.perf_counter() - t)
+            times[m].append((time.perf_counter() - t) / number[m])
     return {m: statistics.median(v) for m, v in times.items()}
 
 
@@ -213,7 +231,7 @@ def memory_pass(batches, classes=21):
                 grad = torch.randn(batch, classes, call["out"], call["out"]) if backward else None
                 for m in METHODS:
                     fn = method_fn(m, call, x, skip, w_dw, w_full)
-                    fn = with_backward(fn, grad) if backward else fn
+                    fn = with_backward(fn, grad, leaves(x, skip)) if backward else fn
                     result[json.dumps([call["name"], batch, backward, m])] = peak_memory_cpu_here(fn)
     print(json.dumps(result))
 
@@ -239,7 +257,7 @@ def bench_head_calls(device, batches, rounds, copy_gbs, classes=21):
                 fns = {}
                 for m in METHODS:
                     fn = method_fn(m, call, x, skip, w_dw, w_full)
-                    fns[m] = with_backward(fn, grad) if backward else fn
+                    fns[m] = with_backward(fn, grad, leaves(x, skip)) if backward else fn
                 shape = (batch, classes, call["out"], call["out"])
                 fns["floor"] = lambda: torch.empty(shape, device=device).fill_(0)
                 t = time_methods(fns, device, rounds)
@@ -258,6 +276,38 @@ def bench_head_calls(device, batches, rounds, copy_gbs, classes=21):
     return rows
 
 
+def bench_whole_net(device, rounds, size=500):
+    """Full-width FCN-8s forward at 1x3xsize x size, unfused vs fused, rounds interleaved."""
+    net, inputs = build("voc-fcn8s", "deploy", 1, size, device)
+    net.eval()
+    times, outs = {"unfused": [], "fused": []}, {}
+    with torch.no_grad():
+        for r in range(rounds + 1):  # round 0 warms up and keeps the outputs
+            for mode in (("unfused", "fused") if r % 2 == 0 else ("fused", "unfused")):
+                net.fuse(mode == "fused")
+                sync(device)
+                t = time.perf_counter()
+                out = net(**inputs)["score"]
+                sync(device)
+                if r == 0:
+                    outs[mode] = out
+                else:
+                    times[mode].append(time.perf_counter() - t)
+    err = ((outs["fused"] - outs["unfused"]).abs().max() / outs["unfused"].abs().max()).item()
+    if err > 1e-5:
+        raise SystemExit(f"whole net: the fused FCN-8s differs from the unfused one by {err:.3g} (relative)")
+    s = {m: statistics.median(v) for m, v in times.items()}
+    return dict(net="voc-fcn8s", size=size, rounds=rounds, unfused_s=s["unfused"], fused_s=s["fused"],
+                speedup=s["unfused"] / s["fused"], max_rel_diff=err)
+
+
+def markdown_whole_net(r):
+    return ("| net | input | unfused s | fused s | speed-up | max relative difference |\n|---|---|---|---|---|---|\n"
+            f"| {r['net']} (full width) | 1x3x{r['size']}x{r['size']} | {r['unfused_s']:.3f} | {r['fused_s']:.3f} | "
+            f"{r['speedup']:.2f}x | {r['max_rel_diff']:.1e} |\n\nForward, no_grad, medians of {r['rounds']} "
+            "interleaved rounds on one net (net.fuse(False) / net.fuse()).")
+
+
 def markdown(rows, copy_gbs):
     head = ("| call | batch | mode | fused ms | caffe ms | plain ms | interp ms | floor ms | caffe/fused | plain/fused "
             "| fused GB/s | % of copy BW | peak MB fused / caffe / plain / interp |")
@@ -269,7 +319,8 @@ def markdown(rows, copy_gbs):
                      f"{ms['plain']:.3f} | {ms['interp']:.3f} | {ms['floor']:.3f} | {r['caffe_over_fused']:.1f}x | "
                      f"{r['plain_over_fused']:.1f}x | {r['fused_gbs']:.1f} | {r['fused_pct_copy_bw']:.0f}% | {peak} |")
     lines.append(f"\nCopy bandwidth (256 MiB copy_, read + write): {copy_gbs:.1f} GB/s. floor: torch.empty + "
-                 "fill_ of the output's size. Times are medians of interleaved rounds.")
+                 "fill_ of the output's size. Times are medians of interleaved rounds, per call (calls under 2 ms "
+                 "timed in back-to-back loops of about 2 ms).")
     return "\n".join(lines)
 
 
@@ -279,6 +330,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per path (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--net-rounds", type=int, default=5, help="whole-net FCN-8s rounds (0: skip that section)")
     p.add_argument("--json", default=None, help="where to write the JSON (default bench/bench_fused_DEVICE.json)")
     p.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,6 +351,9 @@ def main(argv=None):
             if peaks:
                 r["peak_mb"] = {m: peaks[(r["call"], r["batch"], r["mode"] == "fwd+bwd", m)] / 2**20 for m in METHODS}
     table = markdown(rows, copy_gbs)
+    whole = bench_whole_net(args.device, args.net_rounds) if args.net_rounds > 0 else None
+    if whole:
+        table += "\n\n" + markdown_whole_net(whole)
     print(table)
     meta = dict(device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
                 machine=platform.processor() or platform.machine(),
@@ -307,7 +362,7 @@ def main(argv=None):
     path = args.json or os.path.join("bench", f"bench_fused_{args.device}.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as fh:
-        json.dump(dict(meta=meta, rows=rows, table=table), fh, indent=1)
+        json.dump(dict(meta=meta, rows=rows, whole_net=whole, table=table), fh, indent=1)
     print(f"\nwrote {path}", file=sys.stderr)
 
 

@@ -5,8 +5,10 @@
 // per input row (no atomics).  In the polyphase form kx = j*sw + p the grad values of one j are
 // contiguous, so, by column stride:
 //  - sw in {8, 16, 32}: a vector over p per input column, reduced across lanes once at the end;
-//  - sw in {1, 2, 4}: vectors over 8 input columns, the grad de-interleaved into its sw phases;
-//  - other strides, and the columns at the row's ends: the shared fcn::grad_input_point.
+//  - sw in {1, 2, 4}: vectors over 8 input columns' outputs as they lie, times the weight taps
+//    repeated across lanes; the sw phases are separated once per 8 columns;
+//  - other strides: the shared per-element fcn::grad_input_point;
+//  - the columns at the row's ends: edge_column, the same sum over the row's precomputed taps.
 // The weight gradient (FCN never trains its deconvolutions) uses fcn::grad_weight_row directly.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -30,7 +32,7 @@ struct BackArgs {
   const Geometry* g;
   const T* grad;  // N x C_out x H x W, contiguous
   const T* w;     // C_in x cout_g x kh x kw, contiguous
-  const T* wpad;  // the same zero-padded to Jh*sh x Jw*sw taps
+  const T* wpad;  // the same zero-padded to Jh*sh x Jw*sw taps, then 8 spare zeros (see below)
   I Jh, Jw;
   const Span<I>* ky;  // per input row iy: its kernel rows landing inside the crop (taps_inside)
   T* gx;              // N x C_in x Hi x Wi
@@ -63,6 +65,20 @@ FCN_ALWAYS_INLINE Span<I> interior_columns(const Geometry& g, I Jw) {
   return {ia, ib};
 }
 
+// One input column ix from the row's (grad row, weight row) pairs: the taps landing inside the
+// crop, summed in grad_input_point's order.  The row ends of the vectorised paths.
+template <typename T>
+FCN_ALWAYS_INLINE T edge_column(const Geometry& g, const std::vector<const T*>& gs,
+                                const std::vector<const T*>& ws, I nt, I ix) {
+  using acc_t = at::opmath_type<T>;
+  const Span<I> kx = taps_inside<I>(ix, g.sw, g.kw, g.ow, g.ow + g.W);
+  const I X0 = ix * g.sw;
+  acc_t acc = acc_t(0);
+  for (I t = 0; t < nt; ++t)
+    for (I u = kx.begin; u < kx.end; ++u) acc += static_cast<acc_t>(gs[t][X0 + u]) * static_cast<acc_t>(ws[t][u]);
+  return static_cast<T>(acc);
+}
+
 template <typename T>
 FCN_ALWAYS_INLINE void point(const BackArgs<T>& a, I n, I ci, I iy, I ix, T* row) {
   using acc_t = at::opmath_type<T>;
@@ -85,9 +101,9 @@ FCN_ALWAYS_INLINE void grad_rows_dot(const BackArgs<T>& a, I begin, I end) {
   for (I r = begin; r < end; ++r, at.next()) {
     const I iy = at.inner, ci = at.mid, n = at.outer;
     T* row = a.gx + r * g.Wi;
-    for (I ix = 0; ix < in.begin; ++ix) point(a, n, ci, iy, ix, row);
-    for (I ix = in.end; ix < g.Wi; ++ix) point(a, n, ci, iy, ix, row);
     const I nt = row_taps(a, n, ci, iy, gs, ws);
+    for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    for (I ix = in.end; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
     auto columns = [&](I ix, auto group) FCN_LAMBDA_INLINE {
       constexpr int n = decltype(group)::value;
       V acc[n];
@@ -110,11 +126,16 @@ FCN_ALWAYS_INLINE void grad_rows_dot(const BackArgs<T>& a, I begin, I end) {
   }
 }
 
-// Rows (n, ci, iy) [begin, end), column stride SW in {1, 2, 4}: 8 input columns per vector.
+// Rows (n, ci, iy) [begin, end), column stride SW in {1, 2, 4}: 8 input columns per chunk.  The
+// gradient is read as it lies (SW vectors hold a chunk's 8*SW outputs) and multiplied by the
+// weight row's SW taps repeated across the lanes, so the inner loop has no shuffle; the phases
+// are separated and summed once per chunk.  G chunks at a time hide the FMA latency.
 template <typename T, int SW>
-FCN_ALWAYS_INLINE void grad_rows_deinterleave(const BackArgs<T>& a, I begin, I end) {
+FCN_ALWAYS_INLINE void grad_rows_phased(const BackArgs<T>& a, I begin, I end) {
   using V = typename Lanes<T>::V;
-  constexpr int L = 8;
+  using M = typename Lanes<T>::M;
+  constexpr int L = 8, G = SW == 4 ? 2 : 4;
+  const M repeat = {0, 1 % SW, 2 % SW, 3 % SW, 4 % SW, 5 % SW, 6 % SW, 7 % SW};  // lane l: tap l % SW
   const Geometry& g = *a.g;
   const I Jw = a.Jw;
   const Span<I> in = interior_columns(g, Jw);
@@ -124,23 +145,34 @@ FCN_ALWAYS_INLINE void grad_rows_deinterleave(const BackArgs<T>& a, I begin, I e
   for (I r = begin; r < end; ++r, at.next()) {
     const I iy = at.inner, ci = at.mid, n = at.outer;
     T* row = a.gx + r * g.Wi;
-    for (I ix = 0; ix < in.begin; ++ix) point(a, n, ci, iy, ix, row);
-    for (I ix = vec_end; ix < g.Wi; ++ix) point(a, n, ci, iy, ix, row);
     const I nt = row_taps(a, n, ci, iy, gs, ws);
-    for (I ix = in.begin; ix < vec_end; ix += L) {
-      V acc[SW];  // one accumulator per phase: independent FMA chains
-      for (int p = 0; p < SW; ++p) acc[p] = V{};
+    for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    for (I ix = vec_end; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    auto chunks = [&](I ix, auto group) FCN_LAMBDA_INLINE {
+      constexpr int m = decltype(group)::value;
+      V acc[m][SW];
+      for (int c = 0; c < m; ++c)
+        for (int q = 0; q < SW; ++q) acc[c][q] = V{};
       for (I t = 0; t < nt; ++t) {
+        const T* __restrict__ gr = gs[t] + ix * SW;
         for (I j = 0; j < Jw; ++j) {
-          V ph[SW];
-          for (int p = 0; p < SW; ++p) ph[p] = load_vec<V>(gs[t] + (ix + j) * SW + p * L);
-          deinterleave<T, SW>(ph);
-          for (int p = 0; p < SW; ++p) acc[p] += ws[t][j * SW + p] * ph[p];
+          // acc[c][q] lane l: outputs (ix + c*L + j)*SW + q*L + l over j, all of phase l % SW (SW | L).
+          const V wv = __builtin_shuffle(load_vec<V>(ws[t] + j * SW), repeat);
+          for (int c = 0; c < m; ++c)
+            for (int q = 0; q < SW; ++q) acc[c][q] += load_vec<V>(gr + (c * L + j) * SW + q * L) * wv;
         }
       }
-      for (int p = 1; p < SW; ++p) acc[0] += acc[p];
-      store_vec(row + ix, acc[0]);
-    }
+      for (int c = 0; c < m; ++c) {
+        deinterleave<T, SW>(acc[c]);  // acc[c][p][k]: column ix + c*L + k, phase p
+        for (int p = 1; p < SW; ++p) acc[c][0] += acc[c][p];
+        store_vec(row + ix + c * L, acc[c][0]);
+      }
+    };
+    I ix = in.begin;
+    for (; ix + G * L <= vec_end; ix += G * L) chunks(ix, std::integral_constant<int, G>{});
+    if constexpr (G >= 4)
+      for (; ix + 2 * L <= vec_end; ix += 2 * L) chunks(ix, std::integral_constant<int, 2>{});
+    for (; ix < vec_end; ix += L) chunks(ix, std::integral_constant<int, 1>{});
   }
 }
 
@@ -157,9 +189,9 @@ FCN_ALWAYS_INLINE void grad_rows_gather(const BackArgs<T>& a, I begin, I end) {
 template <typename T>
 FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
   switch (a.g->sw) {
-    case 1: return grad_rows_deinterleave<T, 1>(a, begin, end);
-    case 2: return grad_rows_deinterleave<T, 2>(a, begin, end);
-    case 4: return grad_rows_deinterleave<T, 4>(a, begin, end);
+    case 1: return grad_rows_phased<T, 1>(a, begin, end);
+    case 2: return grad_rows_phased<T, 2>(a, begin, end);
+    case 4: return grad_rows_phased<T, 4>(a, begin, end);
     case 8: return grad_rows_dot<T, 8>(a, begin, end);
     case 16: return grad_rows_dot<T, 16>(a, begin, end);
     case 32: return grad_rows_dot<T, 32>(a, begin, end);
@@ -173,12 +205,19 @@ template <typename T>
 void grad_input_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor& weight, at::Tensor& gx) {
   const I Jh = (g.kh + g.sh - 1) / g.sh, Jw = (g.kw + g.sw - 1) / g.sw;
   const at::Tensor gc = grad.contiguous(), wc = weight.contiguous();
-  const at::Tensor wpad = (Jh * g.sh == g.kh && Jw * g.sw == g.kw)
-      ? wc
-      : at::constant_pad_nd(wc, {0, Jw * g.sw - g.kw, 0, Jh * g.sh - g.kh}).contiguous();
+  // The weight zero-padded to Jh*sh x Jw*sw taps, and 8 spare zeros after it: the small-stride
+  // path loads 8 values from the start of any weight row.  A plain loop: FCN's weights are tiny
+  // and an ATen pad call costs more than the copy.
+  const I wrow = Jw * g.sw, wplane = Jh * g.sh * wrow;
+  std::vector<T> wpad(g.C_in * g.cout_g * wplane + 8, T(0));
+  const T* src = wc.const_data_ptr<T>();
+  for (I plane = 0; plane < g.C_in * g.cout_g; ++plane)
+    for (I ky = 0; ky < g.kh; ++ky)
+      std::copy(src + (plane * g.kh + ky) * g.kw, src + (plane * g.kh + ky + 1) * g.kw,
+                wpad.data() + plane * wplane + ky * wrow);
   std::vector<Span<I>> ky(g.Hi);
   for (I iy = 0; iy < g.Hi; ++iy) ky[iy] = taps_inside<I>(iy, g.sh, g.kh, g.oh, g.oh + g.H);
-  const BackArgs<T> a{&g, gc.const_data_ptr<T>(), wc.const_data_ptr<T>(), wpad.const_data_ptr<T>(),
+  const BackArgs<T> a{&g, gc.const_data_ptr<T>(), wc.const_data_ptr<T>(), wpad.data(),
                       Jh, Jw, ky.data(), gx.mutable_data_ptr<T>()};
   at::parallel_for(0, g.N * g.C_in * g.Hi, grain_for(g.Wi * g.cout_g * g.kh * g.kw),
                    [&](I b, I e) { grad_rows<T>(a, b, e); });

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cpu(
   const Geometry g = plan_backward(grad, x, weight, stride, offset, skip_size, skip_offset, groups,
                                    output_mask);
   check_cpu_dtype(x);
-  at::Tensor gx = no_grad_output(x), gw = no_grad_output(x), gs = no_grad_output(x);
+  at::Tensor gx, gw, gs;
   if (output_mask[0]) {
     gx = at::empty({g.N, g.C_in, g.Hi, g.Wi}, x.options());
     cpu::grad_input(g, grad, weight, gx);
@@ -42,6 +42,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cpu(
     cpu::grad_weight(g, grad, x, gw);
   }
   if (output_mask[2]) gs = cpu::grad_skip(grad, skip_size, skip_offset);
+  // A masked-out gradient is an empty tensor, made only when needed (small calls feel each one).
+  for (at::Tensor* t : {&gx, &gw, &gs})
+    if (!t->defined()) *t = no_grad_output(x);
   return {gx, gw, gs};
 }
 
