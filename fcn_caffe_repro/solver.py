@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .caffe import prototxt
 from .errors import CaffeError, PrototxtError
 
@@ -450,29 +451,9 @@ class SGDSolver:
 
 # --- snapshot files and RNG states ---------------------------------------------------------------
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """torch.save through atomic.atomic_write: a killed run never leaves a partial snapshot."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load_snapshot(path):

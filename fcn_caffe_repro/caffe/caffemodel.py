@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import CaffemodelError
 from . import wire
 from .wire import I32, I64, LEN, VARINT, WireReader
@@ -269,23 +270,12 @@ def write(path, layers, name="", *, progress=None):
     """
     path = os.fspath(path)
     pieces, total = _encode(path, layers, name)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for piece in pieces:
-                for i in range(0, len(piece), 1 << 24):
-                    f.write(piece[i:i + (1 << 24)])
-                    if progress is not None:
-                        progress(min(len(piece) - i, 1 << 24))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        for piece in pieces:
+            for i in range(0, len(piece), 1 << 24):
+                f.write(piece[i:i + (1 << 24)])
+                if progress is not None:
+                    progress(min(len(piece) - i, 1 << 24))
     return total
 
 
