@@ -4,9 +4,11 @@
 // of arithmetic, and a Python autograd kernel plus a Python backward node cost more than that on
 // every call.  Without grad mode or an input that requires grad the call goes straight to the
 // device kernel; otherwise a torch::autograd::Function records a C++ node whose backward calls
-// deconv_crop_sum_backward, asking only for the gradients the graph needs.
+// deconv_crop_sum_backward, asking only for the gradients the graph needs.  The backward op itself
+// is not differentiable: backpropagating through it (double backward) raises a clear error.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -93,4 +95,5 @@ at::Tensor deconv_crop_sum_autograd(const at::Tensor& x, const at::Tensor& weigh
 
 TORCH_LIBRARY_IMPL(fcn_caffe_repro, Autograd, m) {
   m.impl("deconv_crop_sum", &fcn::deconv_crop_sum_autograd);
+  m.impl("deconv_crop_sum_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -243,6 +243,16 @@ def test_autograd_computes_only_the_gradients_needed(wants, mask):
         assert (t.grad is not None) == (name in wants.split()), name
 
 
+def test_double_backward_is_a_clear_error():
+    """The backward op has no derivative: create_graph works for first-order uses, and going
+    through it a second time raises instead of returning a silent zero."""
+    x, w, kw = make_case(groups=3)
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad((ops.deconv_crop_sum(x, w, **kw) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="deconv_crop_sum_backward.*not implemented"):
+        torch.autograd.grad(g.sum(), x)
+
+
 def test_no_graph_without_grad():
     x, w, kw = make_case(groups=3)
     x.requires_grad_(True)
