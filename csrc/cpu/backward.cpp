@@ -147,7 +147,10 @@ FCN_ALWAYS_INLINE void grad_rows_phased(const BackArgs<T>& a, I begin, I end) {
     T* row = a.gx + r * g.Wi;
     const I nt = row_taps(a, n, ci, iy, gs, ws);
     for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
-    for (I ix = vec_end; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    // Interior columns past the whole chunks: a last chunk ending at in.end when the interior is
+    // at least a chunk wide (rewriting a few columns with equal values), else column by column.
+    const I tail = vec_end < in.end && in.end - in.begin >= L ? in.end : vec_end;
+    for (I ix = tail; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
     auto chunks = [&](I ix, auto group) FCN_LAMBDA_INLINE {
       constexpr int m = decltype(group)::value;
       V acc[m][SW];
@@ -173,6 +176,7 @@ FCN_ALWAYS_INLINE void grad_rows_phased(const BackArgs<T>& a, I begin, I end) {
     if constexpr (G >= 4)
       for (; ix + 2 * L <= vec_end; ix += 2 * L) chunks(ix, std::integral_constant<int, 2>{});
     for (; ix < vec_end; ix += L) chunks(ix, std::integral_constant<int, 1>{});
+    if (tail != vec_end) chunks(in.end - L, std::integral_constant<int, 1>{});
   }
 }
 
