@@ -52,25 +52,22 @@ class DeconvCropSum : public torch::autograd::Function<DeconvCropSum> {
                             at::IntArrayRef stride, at::IntArrayRef offset, at::IntArrayRef size,
                             const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
                             int64_t groups) {
-    const bool has_skip = skip.has_value() && skip->defined();
     ctx->save_for_backward({x, weight});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["offset"] = offset;
     ctx->saved_data["skip_offset"] = skip_offset;
     ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_skip"] = has_skip;
-    // Symbolic under torch.compile's dynamic shapes: the backward schema takes SymInt[].
-    ctx->saved_data["skip_size"] = has_skip ? skip->sym_sizes() : c10::SymIntArrayRef();
+    // Empty without a skip; symbolic under torch.compile's dynamic shapes (the schema's SymInt[]).
+    ctx->saved_data["skip_size"] = skip.has_value() && skip->defined() ? skip->sym_sizes() : c10::SymIntArrayRef();
     return forward_below_autograd(x, weight, stride, offset, size, skip, skip_offset, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const bool has_skip = ctx->saved_data["has_skip"].toBool();
+    const auto skip_size = ctx->saved_data["skip_size"].toSymIntVector();
     // Edges: x 0, weight 1, skip 2 (only when it was given).
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                   has_skip && ctx->needs_input_grad(2)};
-    const auto skip_size = ctx->saved_data["skip_size"].toSymIntVector();
+                                   !skip_size.empty() && ctx->needs_input_grad(2)};
     auto [gx, gw, gs] = backward_op(grads[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
                                     ctx->saved_data["offset"].toIntVector(), skip_size,
                                     ctx->saved_data["skip_offset"].toIntVector(),

@@ -26,8 +26,10 @@ Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Te
 // The skip's gradient: zeros of skip_size with grad at the crop window (ATen ops; used on CUDA).
 at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset);
 
-// What a masked-out gradient returns: an empty tensor (the autograd formula maps it to None).
-at::Tensor no_grad_output(const at::Tensor& like);
+// The backward's result: a gradient left undefined (masked out) becomes an empty tensor, which the
+// autograd formula maps to None; made only when needed (small calls feel each allocation).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_result(at::Tensor gx, at::Tensor gw, at::Tensor gs,
+                                                               const at::Tensor& like);
 
 // True when every index of the call stays below 2^30 (the CUDA kernels then use 32-bit indexing).
 bool fits_int32(const Geometry& g);

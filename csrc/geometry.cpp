@@ -116,7 +116,12 @@ at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntA
   return out;
 }
 
-at::Tensor no_grad_output(const at::Tensor& like) { return at::empty({0}, like.options()); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_result(at::Tensor gx, at::Tensor gw, at::Tensor gs,
+                                                               const at::Tensor& like) {
+  for (at::Tensor* t : {&gx, &gw, &gs})
+    if (!t->defined()) *t = at::empty({0}, like.options());
+  return {gx, gw, gs};
+}
 
 bool fits_int32(const Geometry& g) {
   // 2^30, not 2^31 - 1: a grid-stride loop index may run one stride (< 2^28) past the last element.

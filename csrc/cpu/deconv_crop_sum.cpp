@@ -42,10 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cpu(
     cpu::grad_weight(g, grad, x, gw);
   }
   if (output_mask[2]) gs = cpu::grad_skip(grad, skip_size, skip_offset);
-  // A masked-out gradient is an empty tensor, made only when needed (small calls feel each one).
-  for (at::Tensor* t : {&gx, &gw, &gs})
-    if (!t->defined()) *t = no_grad_output(x);
-  return {gx, gw, gs};
+  return backward_result(gx, gw, gs, x);
 }
 
 }  // namespace

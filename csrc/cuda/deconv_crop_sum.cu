@@ -173,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cuda(
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor gc = grad.contiguous(), wc = weight.contiguous();
   const bool small = fits_int32(g);
-  at::Tensor gx = no_grad_output(x), gw = no_grad_output(x), gs = no_grad_output(x);
+  at::Tensor gx, gw, gs;
   if (output_mask[0]) {
     gx = at::empty({g.N, g.C_in, g.Hi, g.Wi}, x.options());
     if (small) launch_grad_input<int32_t>(g, gc, wc, gx);
@@ -186,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cuda(
     else launch_grad_weight<int64_t>(g, xc, gc, gw);
   }
   if (output_mask[2]) gs = grad_skip(grad, skip_size, skip_offset);
-  return {gx, gw, gs};
+  return backward_result(gx, gw, gs, x);
 }
 
 }  // namespace
