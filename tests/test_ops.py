@@ -142,6 +142,36 @@ def test_forward_random_geometry(n, c, hi, wi, kh, kw_, sh, sw, depthwise, skip,
     assert_matches_reference(x, w, kw)
 
 
+def test_forward_float32_stride2_rows_every_width():
+    """FCN's 2x layers (float32, 4 taps, stride 2) take a path of their own (two rows per pass,
+    fixed tap count): every row width from 1 to 40 inputs, every crop phase, both group kinds."""
+    for wi, (oh, ow), groups in itertools.product(range(1, 41), [(0, 0), (1, 1), (2, 3), (3, 0)], [1, 3]):
+        fh, fw = full_size(4, 4, 2), full_size(wi, 4, 2)
+        crop = (oh, ow, fh - oh - (wi % 2), fw - ow - (oh % 3))
+        if crop[3] < 1:
+            continue
+        x, w, kw = make_case(n=2, c=3, hi=4, wi=wi, k=(4, 4), s=(2, 2), groups=groups, crop=crop,
+                             skip=(wi + oh) % 2 == 0, dtype=torch.float32, seed=wi)
+        assert_matches_reference(x, w, kw, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.sampled_from([1, 2, 3]), hi=st.integers(1, 6), wi=st.integers(1, 60),
+       k=st.sampled_from([1, 3, 4, 5, 8]), s=st.sampled_from([1, 2, 4]), depthwise=st.booleans(),
+       skip=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
+def test_forward_small_strides_wide_rows(n, c, hi, wi, k, s, depthwise, skip, dtype, data):
+    """The small-stride path's register groups (1 to 4 chunks of 8 input columns), its shifted last
+    chunk, its row pairs (float32 4-tap kernels at stride 2: rows 2m and 2m+1 read the same input
+    rows) and its element stores at odd crop offsets, on rows up to 240 outputs wide."""
+    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
+    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
+    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop,
+                         skip=skip, dtype=dtype, skip_pad=(data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))))
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert_matches_reference(x, w, kw, rtol=tol, atol=tol)
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 2), c=st.sampled_from([1, 2, 3]), hi=st.integers(1, 4), wi=st.integers(1, 45),
        k=st.integers(1, 9), s=st.sampled_from([1, 2, 3, 4, 8]), depthwise=st.booleans(), data=st.data())
@@ -163,10 +193,10 @@ def test_backward_random_geometry(n, c, hi, wi, k, s, depthwise, data):
 _ISA_SCRIPT = """
 import itertools, torch
 from fcn_caffe_repro import ops
-for s, k, g in itertools.product([1, 2, 3, 4, 8, 16], [1, 4, 16, 17], [1, 2]):
-    x = torch.randn(2, 2, 5, 11); w = torch.randn(2, 2 // g, k, k, requires_grad=True)
-    xr = x.clone().requires_grad_(); sk = torch.randn(2, 2, (5 - 1) * s + k + 1, (11 - 1) * s + k + 2)
-    kw = dict(stride=s, offset=(1, 2), size=((5 - 1) * s + k - 2, (11 - 1) * s + k - 3), skip=sk, skip_offset=1, groups=g)
+for s, k, g, wi in itertools.product([1, 2, 3, 4, 8, 16], [1, 4, 16, 17], [1, 2], [11, 40]):
+    x = torch.randn(2, 2, 5, wi); w = torch.randn(2, 2 // g, k, k, requires_grad=True)
+    xr = x.clone().requires_grad_(); sk = torch.randn(2, 2, (5 - 1) * s + k + 1, (wi - 1) * s + k + 2)
+    kw = dict(stride=s, offset=(1, 2), size=((5 - 1) * s + k - 2, (wi - 1) * s + k - 3), skip=sk, skip_offset=1, groups=g)
     a, b = ops.deconv_crop_sum(xr, w, **kw), ops.deconv_crop_sum(xr, w, **kw, impl="torch")
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     gy = torch.randn_like(a)

@@ -190,7 +190,7 @@ FCN_ALWAYS_INLINE void grad_rows_gather(const BackArgs<T>& a, I begin, I end) {
   }
 }
 
-template <typename T>
+template <typename T, int ISA>
 FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
   switch (a.g->sw) {
     case 1: return grad_rows_phased<T, 1>(a, begin, end);

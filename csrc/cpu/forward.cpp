@@ -116,74 +116,126 @@ FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end)
   }
 }
 
+// Calls fn(c0, m) for consecutive groups of m <= GMAX chunks covering [0, nch), m a compile-time
+// constant: groups as even as possible, so no row ends with a lone chunk whose FMA chains stall.
+template <int GMAX, typename Fn>
+FCN_ALWAYS_INLINE void chunk_groups(I nch, Fn&& fn) {
+  static_assert(GMAX >= 1 && GMAX <= 4, "chunk_groups: 1 to 4 chunks per group");
+  for (I c0 = 0; c0 < nch;) {
+    const I left = nch - c0;
+    const I m = left <= GMAX ? left : left < 2 * GMAX ? (left + 1) / 2 : GMAX;
+    switch (m) {
+      case 1: fn(c0, std::integral_constant<int, 1>{}); break;
+      case 2: if constexpr (GMAX >= 2) fn(c0, std::integral_constant<int, 2>{}); break;
+      case 3: if constexpr (GMAX >= 3) fn(c0, std::integral_constant<int, 3>{}); break;
+      default: if constexpr (GMAX >= 4) fn(c0, std::integral_constant<int, 4>{}); break;
+    }
+    c0 += m;
+  }
+}
+
 // Output rows [begin, end) with column stride SW in {1, 2, 4}: vectors run along the input
-// columns, 8 block indices q at a time, one accumulator per phase p; the phases are then
+// columns, L = 8 block indices q per chunk, one accumulator per phase p; the phases are then
 // interleaved into 8*SW consecutive outputs.  x is read from xpad (Jw-1 zero columns on the left,
-// Jw-1+8 on the right) so no load needs a bounds test.
-template <typename T, int SW>
+// Jw-1+8 on the right) so no load needs a bounds test.  A row's chunks tile [q_begin, q_end), the
+// last one moved back to end at q_end (it rewrites a few outputs with bitwise equal values), so
+// only rows narrower than a chunk or crops at odd offsets store element by element.  Two rows go
+// together when they are consecutive rows of one plane reached by the same input rows (stride-2
+// kernels: full-output rows 2m and 2m+1): each x load then feeds both.  J is Jw as a constant
+// (the common two-block kernels, e.g. 4 taps at stride 2), or 0 to read it at run time.
+template <typename T, int ISA, int SW, int J>
 FCN_ALWAYS_INLINE void forward_rows_interleave(const ForwardArgs<T>& a, I begin, I end) {
   using V = typename Lanes<T>::V;
-  constexpr int L = 8, OUT = L * SW, G = SW == 4 ? 2 : 4;
+  constexpr int L = 8, OUT = L * SW;
   const Geometry& g = *a.g;
-  const I Jw = a.Jw, wrow = a.Jw * SW, wplane = a.Jh * g.sh * wrow;
-  const I ow = g.ow, W = g.W;  // locals: stores through o must not force reloads of *a.g
-  const I q_begin = floordiv<I>(g.ow, SW), q_end = floordiv<I>(g.ow + g.W - 1, SW) + 1;
-  std::vector<const T*> xs(g.cin_g * ((g.kh + g.sh - 1) / g.sh) + 1), ws(xs.size());
-  RowIndex at(begin, g.H, g.C_out);
-  for (I r = begin; r < end; ++r, at.next()) {
+  const I Jw = J > 0 ? J : a.Jw, wrow = Jw * SW, wplane = a.Jh * g.sh * wrow;
+  // Locals: stores through the output must not force reloads of *a.g.
+  const I ow = g.ow, W = g.W, H = g.H, Wp = a.Wp, Hi = g.Hi, sh = g.sh;
+  const I C_in = g.C_in, cin_g = g.cin_g, cout_g = g.cout_g;
+  const I q_begin = floordiv<I>(ow, SW), q_end = floordiv<I>(ow + W - 1, SW) + 1;
+  const I nch = (q_end - q_begin + L - 1) / L, q_last = std::max<I>(q_begin, q_end - L);
+  const Span<I>* rows_in = a.rows_in;
+  RowIndex at(begin, H, g.C_out);
+  for (I r = begin; r < end;) {
     const I y = at.inner, co = at.mid, n = at.outer;
-    T* __restrict__ o = a.out + r * g.W;
+    const Span<I> rin = rows_in[y];
+    const bool pair = J > 0 && r + 1 < end && y + 1 < H && rows_in[y + 1].begin == rin.begin && rows_in[y + 1].end == rin.end;
+    T* __restrict__ o = a.out + r * W;
     const T* __restrict__ s = a.skip == nullptr
         ? nullptr
         : a.skip + n * a.ss0 + co * a.ss1 + (y + a.sk_h) * a.ss2 + a.sk_w;
-    const I Y = y + g.oh;
-    const Span<I> rows_in = a.rows_in[y];
-    const I grp = co / g.cout_g, cog = co % g.cout_g;
-    I nt = 0;
-    for (I j = 0; j < g.cin_g; ++j) {
-      const I ci = grp * g.cin_g + j;
-      for (I iy = rows_in.begin; iy < rows_in.end; ++iy, ++nt) {
-        xs[nt] = a.xpad + ((n * g.C_in + ci) * g.Hi + iy) * a.Wp + (Jw - 1);
-        ws[nt] = a.wpad + (ci * g.cout_g + cog) * wplane + (Y - iy * g.sh) * wrow;
-      }
-    }
-    // Groups of G chunks of L block indices: G*SW independent accumulators hide FMA latency.
-    auto chunks = [&](I q, auto group) FCN_LAMBDA_INLINE {
-      constexpr int n = decltype(group)::value;
-      V acc[n][SW];
-      for (int c = 0; c < n; ++c)
-        for (int p = 0; p < SW; ++p) acc[c][p] = V{};
-      for (I t = 0; t < nt; ++t) {
-        const T* __restrict__ xr = xs[t] + q;
-        const T* __restrict__ wr = ws[t];
-        for (I j = 0; j < Jw; ++j) {
-          for (int c = 0; c < n; ++c) {
-            const V xv = load_vec<V>(xr + c * L - j);
-            for (int p = 0; p < SW; ++p) acc[c][p] += xv * wr[j * SW + p];
+    const I grp = cout_g == 1 ? co : co / cout_g, cog = cout_g == 1 ? 0 : co % cout_g;
+    const T* __restrict__ x_n = a.xpad + (n * C_in + grp * cin_g) * Hi * Wp + (Jw - 1);
+    const T* __restrict__ w_row = a.wpad + (grp * cin_g * cout_g + cog) * wplane + (y + g.oh) * wrow;
+    // R rows (1 or 2), chunks c0 .. c0+m-1 of each, in registers.
+    auto chunks = [&](I c0, auto group, auto rows) FCN_LAMBDA_INLINE {
+      constexpr int m = decltype(group)::value, R = decltype(rows)::value;
+      I qs[m];
+      for (int c = 0; c < m; ++c) qs[c] = std::min<I>(q_begin + (c0 + c) * L, q_last);
+      V acc[R][m][SW];
+#pragma GCC unroll 16
+      for (int k = 0; k < R; ++k)
+#pragma GCC unroll 16
+        for (int c = 0; c < m; ++c)
+#pragma GCC unroll 16
+          for (int p = 0; p < SW; ++p) acc[k][c][p] = V{};
+      for (I j_in = 0; j_in < cin_g; ++j_in) {
+        const T* __restrict__ xp = x_n + j_in * Hi * Wp;
+        const T* __restrict__ wp = w_row + j_in * cout_g * wplane;
+        for (I iy = rin.begin; iy < rin.end; ++iy) {
+          const T* __restrict__ xr = xp + iy * Wp;
+          const T* __restrict__ wr = wp - iy * sh * wrow;  // kernel row y + oh - iy*sh (+1: the pair's)
+          for (I j = 0; j < Jw; ++j) {
+#pragma GCC unroll 16
+            for (int c = 0; c < m; ++c) {
+              const V xv = load_vec<V>(xr + qs[c] - j);
+#pragma GCC unroll 16
+              for (int k = 0; k < R; ++k)
+#pragma GCC unroll 16
+                for (int p = 0; p < SW; ++p) acc[k][c][p] += xv * wr[k * wrow + j * SW + p];
+            }
           }
         }
       }
-      for (int c = 0; c < n; ++c) {
-        interleave<T, SW>(acc[c]);
-        const I base = (q + c * L) * SW - ow;  // output column of the chunk's first value
-        if (base >= 0 && base + OUT <= W) {
-          for (int p = 0; p < SW; ++p) {
-            V v = acc[c][p];
-            if (s != nullptr) v += load_vec<V>(s + base + p * L);
-            store_vec(o + base + p * L, v);
+#pragma GCC unroll 16
+      for (int k = 0; k < R; ++k) {
+        T* __restrict__ ok = o + k * W;
+        const T* __restrict__ sk = s == nullptr ? nullptr : s + k * a.ss2;
+#pragma GCC unroll 16
+        for (int c = 0; c < m; ++c) {
+          interleave<T, SW>(acc[k][c]);
+          const I base = qs[c] * SW - ow;  // output column of the chunk's first value
+          if (__builtin_expect(base >= 0 && base + OUT <= W, 1)) {
+#pragma GCC unroll 16
+            for (int p = 0; p < SW; ++p) {
+              V v = acc[k][c][p];
+              if (sk != nullptr) v += load_vec<V>(sk + base + p * L);
+              store_vec(ok + base + p * L, v);
+            }
+          } else {
+            T part[OUT];
+            for (int p = 0; p < SW; ++p) store_vec(part + p * L, acc[k][c][p]);
+            for (I e = std::max<I>(0, -base); e < std::min<I>(OUT, W - base); ++e)
+              ok[base + e] = part[e] + (sk != nullptr ? sk[base + e] : T(0));
           }
-        } else {
-          // Element reads (not one wide memcpy) so the loads forward from the vector stores.
-          for (I k = std::max<I>(0, -base); k < std::min<I>(OUT, W - base); ++k)
-            o[base + k] = acc[c][k / L][k % L] + (s != nullptr ? s[base + k] : T(0));
         }
       }
     };
-    I q = q_begin;
-    for (; q + G * L <= q_end; q += G * L) chunks(q, std::integral_constant<int, G>{});
-    if constexpr (G >= 4)
-      for (; q + 2 * L <= q_end; q += 2 * L) chunks(q, std::integral_constant<int, 2>{});
-    for (; q < q_end; q += L) chunks(q, std::integral_constant<int, 1>{});
+    // About 12 registers of accumulators (x86-64 has 16 vector registers; a V takes two or four
+    // of SSE's, two of AVX2's for double).
+    constexpr int regs = int(sizeof(V)) / (ISA == 0 ? 16 : 32);
+    constexpr int G1 = std::clamp(12 / (SW * regs), 1, 4), G2 = std::clamp(6 / (SW * regs), 1, 4);
+    if (pair) {
+      if constexpr (J > 0)
+        chunk_groups<G2>(nch, [&](I c0, auto m) FCN_LAMBDA_INLINE { chunks(c0, m, std::integral_constant<int, 2>{}); });
+      r += 2;
+      at.next();
+      at.next();
+    } else {
+      chunk_groups<G1>(nch, [&](I c0, auto m) FCN_LAMBDA_INLINE { chunks(c0, m, std::integral_constant<int, 1>{}); });
+      r += 1;
+      at.next();
+    }
   }
 }
 
@@ -214,12 +266,15 @@ Path path_for(I sw) {
   return (sw == 8 || sw == 16 || sw == 32) ? Path::kBlocks : Path::kGather;
 }
 
-template <typename T>
+template <typename T, int ISA>
 FCN_ALWAYS_INLINE void forward_range_body(const ForwardArgs<T>& a, I begin, I end) {
   switch (a.g->sw) {
-    case 1: return forward_rows_interleave<T, 1>(a, begin, end);
-    case 2: return forward_rows_interleave<T, 2>(a, begin, end);
-    case 4: return forward_rows_interleave<T, 4>(a, begin, end);
+    case 1: return forward_rows_interleave<T, ISA, 1, 0>(a, begin, end);
+    case 2:
+      if constexpr (ISA >= 1 && std::is_same_v<T, float>)
+        if (a.Jw == 2) return forward_rows_interleave<T, ISA, 2, 2>(a, begin, end);
+      return forward_rows_interleave<T, ISA, 2, 0>(a, begin, end);
+    case 4: return forward_rows_interleave<T, ISA, 4, 0>(a, begin, end);
     case 8: return forward_rows_vec<T, 8>(a, begin, end);
     case 16: return forward_rows_vec<T, 16>(a, begin, end);
     case 32: return forward_rows_vec<T, 32>(a, begin, end);

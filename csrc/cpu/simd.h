@@ -49,21 +49,23 @@ inline int cpu_level() {
   return level;
 }
 
-// NAME<T>(args, begin, end) runs BODY<T>(args, begin, end) compiled for the best instruction set.
+// NAME<T>(args, begin, end) runs BODY<T, ISA>(args, begin, end) compiled for the best instruction
+// set, ISA its cpu_level(): a body may keep its costliest specialisations (long unrolled register
+// blocks, which the baseline's eight SSE registers would only spill) to ISA >= 1.
 #define FCN_ISA_DISPATCHED(NAME, ARGS, BODY)                                                   \
-  void NAME##_base(const ARGS<float>& a, int64_t b, int64_t e) { BODY<float>(a, b, e); }       \
-  void NAME##_base(const ARGS<double>& a, int64_t b, int64_t e) { BODY<double>(a, b, e); }     \
+  void NAME##_base(const ARGS<float>& a, int64_t b, int64_t e) { BODY<float, 0>(a, b, e); }    \
+  void NAME##_base(const ARGS<double>& a, int64_t b, int64_t e) { BODY<double, 0>(a, b, e); }  \
   FCN_TARGET_AVX2 void NAME##_avx2(const ARGS<float>& a, int64_t b, int64_t e) {               \
-    BODY<float>(a, b, e);                                                                      \
+    BODY<float, 1>(a, b, e);                                                                   \
   }                                                                                            \
   FCN_TARGET_AVX2 void NAME##_avx2(const ARGS<double>& a, int64_t b, int64_t e) {              \
-    BODY<double>(a, b, e);                                                                     \
+    BODY<double, 1>(a, b, e);                                                                  \
   }                                                                                            \
   FCN_TARGET_AVX512 void NAME##_avx512(const ARGS<float>& a, int64_t b, int64_t e) {           \
-    BODY<float>(a, b, e);                                                                      \
+    BODY<float, 2>(a, b, e);                                                                   \
   }                                                                                            \
   FCN_TARGET_AVX512 void NAME##_avx512(const ARGS<double>& a, int64_t b, int64_t e) {          \
-    BODY<double>(a, b, e);                                                                     \
+    BODY<double, 2>(a, b, e);                                                                  \
   }                                                                                            \
   template <typename T>                                                                        \
   void NAME(const ARGS<T>& a, int64_t b, int64_t e) {                                          \
