@@ -11,7 +11,6 @@
 //  - the columns at the row's ends: edge_column, the same sum over the row's precomputed taps.
 // The weight gradient (FCN never trains its deconvolutions) uses fcn::grad_weight_row directly.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -129,54 +128,71 @@ FCN_ALWAYS_INLINE void grad_rows_dot(const BackArgs<T>& a, I begin, I end) {
 // Rows (n, ci, iy) [begin, end), column stride SW in {1, 2, 4}: 8 input columns per chunk.  The
 // gradient is read as it lies (SW vectors hold a chunk's 8*SW outputs) and multiplied by the
 // weight row's SW taps repeated across the lanes, so the inner loop has no shuffle; the phases
-// are separated and summed once per chunk.  G chunks at a time hide the FMA latency.
-template <typename T, int SW>
+// are separated and summed once per chunk.  The chunks tile the interior columns, the last one
+// moved back to end with them (rewriting a few columns with bitwise equal values), in register
+// groups of up to 4.  J is Jw as a constant (the common two-block kernels), or 0 to read it.
+template <typename T, int ISA, int SW, int J>
 FCN_ALWAYS_INLINE void grad_rows_phased(const BackArgs<T>& a, I begin, I end) {
   using V = typename Lanes<T>::V;
   using M = typename Lanes<T>::M;
-  constexpr int L = 8, G = SW == 4 ? 2 : 4;
+  constexpr int L = 8;
   const M repeat = {0, 1 % SW, 2 % SW, 3 % SW, 4 % SW, 5 % SW, 6 % SW, 7 % SW};  // lane l: tap l % SW
   const Geometry& g = *a.g;
-  const I Jw = a.Jw;
+  const I Jw = J > 0 ? J : a.Jw, wrow = Jw * SW, wplane = a.Jh * g.sh * wrow;
+  const I W = g.W, Wi = g.Wi, HW = g.H * g.W, cin_g = g.cin_g, cout_g = g.cout_g;
   const Span<I> in = interior_columns(g, Jw);
-  const I vec_end = in.begin + (in.end - in.begin) / L * L;  // whole chunks of L columns
-  std::vector<const T*> gs(g.cout_g * g.kh + 1), ws(gs.size());
+  const I nch = in.end - in.begin >= L ? (in.end - in.begin + L - 1) / L : 0;
+  const I ix_last = in.end - L;
+  const I edge_from = nch > 0 ? in.end : in.begin;  // columns [edge_from, Wi) are edge columns
+  const bool edges = in.begin > 0 || edge_from < Wi;
+  std::vector<const T*> gs(edges ? cout_g * g.kh + 1 : 0), ws(gs.size());
   RowIndex at(begin, g.Hi, g.C_in);
   for (I r = begin; r < end; ++r, at.next()) {
     const I iy = at.inner, ci = at.mid, n = at.outer;
-    T* row = a.gx + r * g.Wi;
-    const I nt = row_taps(a, n, ci, iy, gs, ws);
-    for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
-    // Interior columns past the whole chunks: a last chunk ending at in.end when the interior is
-    // at least a chunk wide (rewriting a few columns with equal values), else column by column.
-    const I tail = vec_end < in.end && in.end - in.begin >= L ? in.end : vec_end;
-    for (I ix = tail; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
-    auto chunks = [&](I ix, auto group) FCN_LAMBDA_INLINE {
+    T* __restrict__ row = a.gx + r * Wi;
+    if (edges) {
+      const I nt = row_taps(a, n, ci, iy, gs, ws);
+      for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+      for (I ix = edge_from; ix < Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    }
+    const Span<I> ky = a.ky[iy];
+    const I grp = cin_g == 1 ? ci : ci / cin_g;
+    // Gradient row of output channel cog's kernel row 0 (indexed by full-output column), weights.
+    const T* __restrict__ g_row = a.grad + ((n * g.C_out + grp * cout_g) * g.H + iy * g.sh - g.oh) * W - g.ow;
+    const T* __restrict__ w_ci = a.wpad + ci * cout_g * wplane;
+    auto chunks = [&](I c0, auto group) FCN_LAMBDA_INLINE {
       constexpr int m = decltype(group)::value;
+      I xs[m];
+      for (int c = 0; c < m; ++c) xs[c] = std::min<I>(in.begin + (c0 + c) * L, ix_last);
       V acc[m][SW];
+#pragma GCC unroll 16
       for (int c = 0; c < m; ++c)
+#pragma GCC unroll 16
         for (int q = 0; q < SW; ++q) acc[c][q] = V{};
-      for (I t = 0; t < nt; ++t) {
-        const T* __restrict__ gr = gs[t] + ix * SW;
-        for (I j = 0; j < Jw; ++j) {
-          // acc[c][q] lane l: outputs (ix + c*L + j)*SW + q*L + l over j, all of phase l % SW (SW | L).
-          const V wv = __builtin_shuffle(load_vec<V>(ws[t] + j * SW), repeat);
-          for (int c = 0; c < m; ++c)
-            for (int q = 0; q < SW; ++q) acc[c][q] += load_vec<V>(gr + (c * L + j) * SW + q * L) * wv;
+      for (I cog = 0; cog < cout_g; ++cog) {
+        for (I t = ky.begin; t < ky.end; ++t) {
+          const T* __restrict__ gr = g_row + cog * HW + t * W;
+          const T* __restrict__ wr = w_ci + cog * wplane + t * wrow;
+          for (I j = 0; j < Jw; ++j) {
+            // acc[c][q] lane l: outputs (x + j)*SW + q*L + l over j, all of phase l % SW (SW | L).
+            const V wv = __builtin_shuffle(load_vec<V>(wr + j * SW), repeat);
+#pragma GCC unroll 16
+            for (int c = 0; c < m; ++c)
+#pragma GCC unroll 16
+              for (int q = 0; q < SW; ++q) acc[c][q] += load_vec<V>(gr + (xs[c] + j) * SW + q * L) * wv;
+          }
         }
       }
+#pragma GCC unroll 16
       for (int c = 0; c < m; ++c) {
-        deinterleave<T, SW>(acc[c]);  // acc[c][p][k]: column ix + c*L + k, phase p
+        deinterleave<T, SW>(acc[c]);  // acc[c][p][k]: column xs[c] + k, phase p
         for (int p = 1; p < SW; ++p) acc[c][0] += acc[c][p];
-        store_vec(row + ix + c * L, acc[c][0]);
+        store_vec(row + xs[c], acc[c][0]);
       }
     };
-    I ix = in.begin;
-    for (; ix + G * L <= vec_end; ix += G * L) chunks(ix, std::integral_constant<int, G>{});
-    if constexpr (G >= 4)
-      for (; ix + 2 * L <= vec_end; ix += 2 * L) chunks(ix, std::integral_constant<int, 2>{});
-    for (; ix < vec_end; ix += L) chunks(ix, std::integral_constant<int, 1>{});
-    if (tail != vec_end) chunks(in.end - L, std::integral_constant<int, 1>{});
+    // About 12 registers of accumulators (see forward_rows_interleave).
+    constexpr int regs = int(sizeof(V)) / (ISA == 0 ? 16 : 32);
+    chunk_groups<std::clamp(12 / (SW * regs), 1, 4)>(nch, chunks);
   }
 }
 
@@ -193,9 +209,12 @@ FCN_ALWAYS_INLINE void grad_rows_gather(const BackArgs<T>& a, I begin, I end) {
 template <typename T, int ISA>
 FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
   switch (a.g->sw) {
-    case 1: return grad_rows_phased<T, 1>(a, begin, end);
-    case 2: return grad_rows_phased<T, 2>(a, begin, end);
-    case 4: return grad_rows_phased<T, 4>(a, begin, end);
+    case 1: return grad_rows_phased<T, ISA, 1, 0>(a, begin, end);
+    case 2:
+      if constexpr (ISA >= 1 && std::is_same_v<T, float>)
+        if (a.Jw == 2) return grad_rows_phased<T, ISA, 2, 2>(a, begin, end);
+      return grad_rows_phased<T, ISA, 2, 0>(a, begin, end);
+    case 4: return grad_rows_phased<T, ISA, 4, 0>(a, begin, end);
     case 8: return grad_rows_dot<T, 8>(a, begin, end);
     case 16: return grad_rows_dot<T, 16>(a, begin, end);
     case 32: return grad_rows_dot<T, 32>(a, begin, end);
@@ -254,32 +273,59 @@ void grad_weight_typed(const Geometry& g, const at::Tensor& grad, const at::Tens
   });
 }
 
+template <typename T>
+struct SkipArgs {
+  const T* grad;  // N x C x H x W, contiguous
+  T* gs;          // N x C x Hs x Ws
+  I planes, H, W, Hs, Ws, sh, sw;  // planes = N * C
+};
+
+// Skip-gradient rows [begin, end): zeros, with the gradient's row at columns [sw, sw+W) in rows
+// [sh, sh+H).  Vector stores, the last of a row moved back to end with it (rows are tens of
+// values wide: per-row memset/memcpy calls would cost more than the copy).
+template <typename T, int ISA>
+FCN_ALWAYS_INLINE void skip_rows_body(const SkipArgs<T>& a, I begin, I end) {
+  using V = typename Lanes<T>::V;
+  constexpr int L = 8;
+  const I H = a.H, W = a.W, Hs = a.Hs, Ws = a.Ws, sh = a.sh, sw = a.sw;
+  auto put = [](T* __restrict__ d, const T* __restrict__ src, I len) FCN_LAMBDA_INLINE {
+    if (len < L) {
+      for (I k = 0; k < len; ++k) d[k] = src == nullptr ? T(0) : src[k];
+      return;
+    }
+    for (I k = 0;; k += L) {
+      const I at = std::min<I>(k, len - L);
+      store_vec(d + at, src == nullptr ? V{} : load_vec<V>(src + at));
+      if (at == len - L) break;
+    }
+  };
+  RowIndex at(begin, Hs, a.planes);
+  for (I r = begin; r < end; ++r, at.next()) {
+    const I y = at.inner, plane = at.mid;
+    T* __restrict__ d = a.gs + r * Ws;
+    put(d, nullptr, Ws);
+    if (y >= sh && y < sh + H) put(d + sw, a.grad + (plane * H + y - sh) * W, W);
+  }
+}
+
+FCN_ISA_DISPATCHED(skip_rows, SkipArgs, skip_rows_body)
+
+template <typename T>
+void grad_skip_typed(const at::Tensor& grad, at::Tensor& gs, at::IntArrayRef skip_offset) {
+  const SkipArgs<T> a{grad.const_data_ptr<T>(), gs.mutable_data_ptr<T>(), gs.size(0) * gs.size(1),
+                      grad.size(2), grad.size(3), gs.size(2), gs.size(3), skip_offset[0], skip_offset[1]};
+  at::parallel_for(0, a.planes * a.Hs, grain_for(a.Ws), [&](I b, I e) { skip_rows<T>(a, b, e); });
+}
+
 }  // namespace
 
 at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset) {
   at::Tensor gs = at::empty(skip_size, grad.options());
   const at::Tensor gc = grad.contiguous();
-  const I H = gc.size(2), W = gc.size(3), Hs = skip_size[2], Ws = skip_size[3];
-  const I sh = skip_offset[0], sw = skip_offset[1];
-  AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "deconv_crop_sum_grad_skip_cpu", [&] {
-    const scalar_t* src = gc.const_data_ptr<scalar_t>();
-    scalar_t* dst = gs.mutable_data_ptr<scalar_t>();
-    // One pass: every skip row is zeros with the gradient's row (if any) at columns [sw, sw+W).
-    at::parallel_for(0, gs.size(0) * gs.size(1) * Hs, grain_for(Ws), [&](I b, I e) {
-      for (I r = b; r < e; ++r) {
-        const I y = r % Hs, plane = r / Hs;
-        scalar_t* d = dst + r * Ws;
-        if (y < sh || y >= sh + H) {
-          std::fill(d, d + Ws, scalar_t(0));
-          continue;
-        }
-        const scalar_t* s = src + (plane * H + y - sh) * W;
-        std::fill(d, d + sw, scalar_t(0));
-        std::copy(s, s + W, d + sw);
-        std::fill(d + sw + W, d + Ws, scalar_t(0));
-      }
-    });
-  });
+  if (gc.scalar_type() == at::kDouble)
+    grad_skip_typed<double>(gc, gs, skip_offset);
+  else
+    grad_skip_typed<float>(gc, gs, skip_offset);
   return gs;
 }
 

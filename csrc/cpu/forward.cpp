@@ -116,24 +116,6 @@ FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end)
   }
 }
 
-// Calls fn(c0, m) for consecutive groups of m <= GMAX chunks covering [0, nch), m a compile-time
-// constant: groups as even as possible, so no row ends with a lone chunk whose FMA chains stall.
-template <int GMAX, typename Fn>
-FCN_ALWAYS_INLINE void chunk_groups(I nch, Fn&& fn) {
-  static_assert(GMAX >= 1 && GMAX <= 4, "chunk_groups: 1 to 4 chunks per group");
-  for (I c0 = 0; c0 < nch;) {
-    const I left = nch - c0;
-    const I m = left <= GMAX ? left : left < 2 * GMAX ? (left + 1) / 2 : GMAX;
-    switch (m) {
-      case 1: fn(c0, std::integral_constant<int, 1>{}); break;
-      case 2: if constexpr (GMAX >= 2) fn(c0, std::integral_constant<int, 2>{}); break;
-      case 3: if constexpr (GMAX >= 3) fn(c0, std::integral_constant<int, 3>{}); break;
-      default: if constexpr (GMAX >= 4) fn(c0, std::integral_constant<int, 4>{}); break;
-    }
-    c0 += m;
-  }
-}
-
 // Output rows [begin, end) with column stride SW in {1, 2, 4}: vectors run along the input
 // columns, L = 8 block indices q per chunk, one accumulator per phase p; the phases are then
 // interleaved into 8*SW consecutive outputs.  x is read from xpad (Jw-1 zero columns on the left,

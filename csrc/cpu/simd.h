@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define FCN_X86_DISPATCH 1
@@ -92,6 +93,24 @@ struct RowIndex {
     }
   }
 };
+
+// Calls fn(c0, m) for consecutive groups of m <= GMAX chunks covering [0, nch), m a compile-time
+// constant: groups as even as possible, so no row ends with a lone chunk whose FMA chains stall.
+template <int GMAX, typename Fn>
+FCN_ALWAYS_INLINE void chunk_groups(int64_t nch, Fn&& fn) {
+  static_assert(GMAX >= 1 && GMAX <= 4, "chunk_groups: 1 to 4 chunks per group");
+  for (int64_t c0 = 0; c0 < nch;) {
+    const int64_t left = nch - c0;
+    const int64_t m = left <= GMAX ? left : left < 2 * GMAX ? (left + 1) / 2 : GMAX;
+    switch (m) {
+      case 1: fn(c0, std::integral_constant<int, 1>{}); break;
+      case 2: if constexpr (GMAX >= 2) fn(c0, std::integral_constant<int, 2>{}); break;
+      case 3: if constexpr (GMAX >= 3) fn(c0, std::integral_constant<int, 3>{}); break;
+      default: if constexpr (GMAX >= 4) fn(c0, std::integral_constant<int, 4>{}); break;
+    }
+    c0 += m;
+  }
+}
 
 // SW consecutive values of T as one GCC vector (split into native registers by the compiler).
 template <typename T, int SW>
