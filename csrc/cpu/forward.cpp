@@ -121,10 +121,10 @@ FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end)
 // interleaved into 8*SW consecutive outputs.  x is read from xpad (Jw-1 zero columns on the left,
 // Jw-1+8 on the right) so no load needs a bounds test.  A row's chunks tile [q_begin, q_end), the
 // last one moved back to end at q_end (it rewrites a few outputs with bitwise equal values), so
-// only rows narrower than a chunk or crops at odd offsets store element by element.  Two rows go
-// together when they are consecutive rows of one plane reached by the same input rows (stride-2
-// kernels: full-output rows 2m and 2m+1): each x load then feeds both.  J is Jw as a constant
-// (the common two-block kernels, e.g. 4 taps at stride 2), or 0 to read it at run time.
+// only rows narrower than a chunk or crops at odd offsets store element by element.  J is Jw as
+// a constant (FCN's 4-tap stride-2 kernels: J = 2), or 0 to read it at run time; with a constant
+// J, two rows go together when they are consecutive rows of one plane reached by the same input
+// rows (full-output rows 2m and 2m+1 of a 4-tap stride-2 kernel): each x load then feeds both.
 template <typename T, int ISA, int SW, int J>
 FCN_ALWAYS_INLINE void forward_rows_interleave(const ForwardArgs<T>& a, I begin, I end) {
   using V = typename Lanes<T>::V;
