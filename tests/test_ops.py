@@ -142,29 +142,26 @@ def test_forward_random_geometry(n, c, hi, wi, kh, kw_, sh, sw, depthwise, skip,
     assert_matches_reference(x, w, kw)
 
 
-def test_forward_float32_stride2_rows_every_width():
-    """FCN's 2x layers (float32, 4 taps, stride 2) take a path of their own (two rows per pass,
-    fixed tap count): every row width from 1 to 40 inputs, every crop phase, both group kinds."""
+def stride2_float32_cases(hi, trim, vary_skip):
+    """FCN's 2x layers (float32, 4 taps, stride 2) have a path of their own (a fixed tap count; two
+    rows per pass in the forward): calls at every row width from 1 to 40 inputs, 4 crop phases, both
+    group kinds; the crop's rows end wi % trim short of the full output."""
     for wi, (oh, ow), groups in itertools.product(range(1, 41), [(0, 0), (1, 1), (2, 3), (3, 0)], [1, 3]):
-        fh, fw = full_size(4, 4, 2), full_size(wi, 4, 2)
-        crop = (oh, ow, fh - oh - (wi % 2), fw - ow - (oh % 3))
-        if crop[3] < 1:
-            continue
-        x, w, kw = make_case(n=2, c=3, hi=4, wi=wi, k=(4, 4), s=(2, 2), groups=groups, crop=crop,
-                             skip=(wi + oh) % 2 == 0, dtype=torch.float32, seed=wi)
+        fh, fw = full_size(hi, 4, 2), full_size(wi, 4, 2)
+        crop = (oh, ow, fh - oh - (wi % trim), fw - ow - (oh % 3))
+        if crop[3] >= 1:
+            yield make_case(n=2, c=3, hi=hi, wi=wi, k=(4, 4), s=(2, 2), groups=groups, crop=crop,
+                            skip=(wi + oh) % 2 == 0 if vary_skip else True, dtype=torch.float32, seed=wi)
+
+
+def test_forward_float32_stride2_rows_every_width():
+    for x, w, kw in stride2_float32_cases(hi=4, trim=2, vary_skip=True):
         assert_matches_reference(x, w, kw, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_float32_stride2_rows_every_width():
-    """The x-gradient's path for FCN's 2x layers (float32, 4 taps at stride 2: a fixed tap count),
-    every width from 1 to 40 inputs (chunk groups, shifted last chunk, edge columns), every crop phase."""
-    for wi, (oh, ow), groups in itertools.product(range(1, 41), [(0, 0), (1, 1), (2, 3), (3, 0)], [1, 3]):
-        fh, fw = full_size(5, 4, 2), full_size(wi, 4, 2)
-        crop = (oh, ow, fh - oh - (wi % 3), fw - ow - (oh % 3))
-        if crop[3] < 1:
-            continue
-        x, w, kw = make_case(n=2, c=3, hi=5, wi=wi, k=(4, 4), s=(2, 2), groups=groups, crop=crop,
-                             dtype=torch.float32, seed=wi)
+    """The x-gradient: chunk groups, shifted last chunk and edge columns at every width."""
+    for x, w, kw in stride2_float32_cases(hi=5, trim=3, vary_skip=False):
         x.requires_grad_()
         got = ops.deconv_crop_sum(x, w, **kw)
         want = ops.deconv_crop_sum(x, w, **kw, impl="torch")
