@@ -43,9 +43,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
               c10::SymIntArrayRef, at::IntArrayRef, int64_t, std::array<bool, 3>)>();
-  if (at::GradMode::is_enabled())  // create_graph: through the Autograd key, whose fallback raises
-    return op.call(grad, x, weight, stride, offset, skip_size, skip_offset, groups, output_mask);
-  at::AutoDispatchBelowADInplaceOrView below;  // nothing to record: skip the fallback's checks
+  // Nothing to record unless a graph is being built (create_graph: then through the Autograd key,
+  // whose fallback raises): skip the fallback's checks.
+  std::optional<at::AutoDispatchBelowADInplaceOrView> below;
+  if (!at::GradMode::is_enabled()) below.emplace();
   return op.call(grad, x, weight, stride, offset, skip_size, skip_offset, groups, output_mask);
 }
 

@@ -190,9 +190,7 @@ FCN_ALWAYS_INLINE void grad_rows_phased(const BackArgs<T>& a, I begin, I end) {
         store_vec(row + xs[c], acc[c][0]);
       }
     };
-    // About 12 registers of accumulators (see forward_rows_interleave).
-    constexpr int regs = int(sizeof(V)) / (ISA == 0 ? 16 : 32);
-    chunk_groups<std::clamp(12 / (SW * regs), 1, 4)>(nch, chunks);
+    chunk_groups<chunks_per_group<V, ISA>(SW)>(nch, chunks);
   }
 }
 

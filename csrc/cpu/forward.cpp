@@ -203,10 +203,7 @@ FCN_ALWAYS_INLINE void forward_rows_interleave(const ForwardArgs<T>& a, I begin,
         }
       }
     };
-    // About 12 registers of accumulators (x86-64 has 16 vector registers; a V takes two or four
-    // of SSE's, two of AVX2's for double).
-    constexpr int regs = int(sizeof(V)) / (ISA == 0 ? 16 : 32);
-    constexpr int G1 = std::clamp(12 / (SW * regs), 1, 4), G2 = std::clamp(6 / (SW * regs), 1, 4);
+    constexpr int G1 = chunks_per_group<V, ISA>(SW), G2 = chunks_per_group<V, ISA>(2 * SW);
     if (pair) {
       if constexpr (J > 0)
         chunk_groups<G2>(nch, [&](I c0, auto m) FCN_LAMBDA_INLINE { chunks(c0, m, std::integral_constant<int, 2>{}); });

@@ -94,6 +94,14 @@ struct RowIndex {
   }
 };
 
+// Chunks per register group for a loop keeping `per_chunk` accumulators of V per chunk, under
+// ISA (cpu_level): about 12 registers of accumulators (x86-64 has 16 vector registers; a V of
+// eight lanes takes two or four of SSE's, two of AVX2's for double), 1 to 4 chunks.
+template <typename V, int ISA>
+constexpr int chunks_per_group(int per_chunk) {
+  return std::clamp(12 / (per_chunk * (int(sizeof(V)) / (ISA == 0 ? 16 : 32))), 1, 4);
+}
+
 // Calls fn(c0, m) for consecutive groups of m <= GMAX chunks covering [0, nch), m a compile-time
 // constant: groups as even as possible, so no row ends with a lone chunk whose FMA chains stall.
 template <int GMAX, typename Fn>
