@@ -205,6 +205,48 @@ def test_backward_random_geometry(n, c, hi, wi, k, s, depthwise, data):
                                rtol=1e-10, atol=1e-10)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.sampled_from([1, 2]), hi=st.integers(1, 3), wi=st.integers(1, 24),
+       s=st.sampled_from([8, 16, 32]), blocks=st.sampled_from([1, 2, 3]), extra=st.sampled_from([0, 3]),
+       depthwise=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
+def test_large_strides_forward_and_gradient(n, c, hi, wi, s, blocks, extra, depthwise, dtype, data):
+    """The upsampling layers' paths (strides 8, 16, 32): kernels of 2 blocks (FCN's, a path of their
+    own), 1 and 3 blocks and ragged ones; eight-column register groups and the vector row ends,
+    whose loads stay inside the gradient tensor or fall back to the gather (first and last rows)."""
+    k = min(blocks * s - extra, 64) if blocks * s > extra else blocks * s
+    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
+    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
+    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop,
+                         dtype=dtype, seed=wi)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    inputs = (x.requires_grad_(), kw.pop("skip").requires_grad_())
+    got = ops.deconv_crop_sum(x, w, skip=inputs[1], **kw)
+    want = ops.deconv_crop_sum(x, w, skip=inputs[1], **kw, impl="torch")
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    gy = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(want, inputs, gy),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_outside_a_columns_taps_does_not_reach_it(dtype):
+    """The vector row ends load gradient values beyond the crop's row (the neighbouring rows) and
+    must blend them away, not multiply them by zero: an infinity there would turn into NaN."""
+    x, w, kw = make_case(n=2, c=2, hi=9, wi=12, k=(16, 16), s=(8, 8), groups=2, crop=(5, 31, 60, 70),
+                         skip=False, dtype=dtype)
+    w = w.abs()
+    x.requires_grad_()
+    got = ops.deconv_crop_sum(x, w, **kw)
+    want = ops.deconv_crop_sum(x, w, **kw, impl="torch")
+    gy = torch.randn_like(want)
+    gy[:, :, 10:30, -1] = float("inf")  # right end of some rows: next to the next rows' left ends
+    gy[:, :, 30:50, 0] = float("inf")  # left end of others: next to the previous rows' right ends
+    (g_got,), (g_want,) = torch.autograd.grad(got, x, gy), torch.autograd.grad(want, x, gy)
+    assert torch.isinf(g_want).any() and torch.isfinite(g_want).any()
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-5)
+
+
 _ISA_SCRIPT = """
 import itertools, torch
 from fcn_caffe_repro import ops

@@ -4,11 +4,12 @@
 // the crop of grad[iy*sh + ky - oh][ix*sw + kx - ow] * w[ky][kx]: a strided correlation, computed
 // per input row (no atomics).  In the polyphase form kx = j*sw + p the grad values of one j are
 // contiguous, so, by column stride:
-//  - sw in {8, 16, 32}: a vector over p per input column, reduced across lanes once at the end;
+//  - sw in {8, 16, 32}: a vector over p per input column, reduced across lanes once at the end
+//    (the row's end columns too, with the lanes outside the crop blended away);
 //  - sw in {1, 2, 4}: vectors over 8 input columns' outputs as they lie, times the weight taps
 //    repeated across lanes; the sw phases are separated once per 8 columns;
 //  - other strides: the shared per-element fcn::grad_input_point;
-//  - the columns at the row's ends: edge_column, the same sum over the row's precomputed taps.
+//  - the row's end columns of sw in {1, 2, 4}: edge_column, the same sum over the row's taps.
 // The weight gradient (FCN never trains its deconvolutions) uses fcn::grad_weight_row directly.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -87,41 +88,92 @@ FCN_ALWAYS_INLINE void point(const BackArgs<T>& a, I n, I ci, I iy, I ix, T* row
 }
 
 // Rows (n, ci, iy) [begin, end), column stride SW in {8, 16, 32}: per input column a vector over
-// the phases p; eight columns at a time, reduced across lanes together.
-template <typename T, int SW>
+// the SW phases, reduced across lanes once at the end.  Interior columns go eight at a time,
+// reduced together.  J is Jw as a constant (FCN's kernels are two blocks wide): column ix's block
+// j is column ix+1's block j-1, so each gradient block is loaded once and used J times; J = 0
+// reads Jw at run time.  A column at the row's ends loads the same vectors with the lanes outside
+// the crop blended to zero (not multiplied: an infinity there must not become NaN), when those
+// loads stay inside the gradient tensor, and goes through the shared per-element gather otherwise
+// (the first and last rows of the tensor, and below AVX-512).
+template <typename T, int ISA, int SW, int J>
 FCN_ALWAYS_INLINE void grad_rows_dot(const BackArgs<T>& a, I begin, I end) {
   using V = typename Block<T, SW>::type;
-  constexpr int G = 8;
+  using LaneInt = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // T's width: for blends
+  using LaneId = typename Block<LaneInt, SW>::type;
+  constexpr int G = 8;  // columns per register group, reduced together
+  LaneId lane;
+  for (int l = 0; l < SW; ++l) lane[l] = l;
   const Geometry& g = *a.g;
-  const I Jw = a.Jw;
+  const I Jw = J > 0 ? J : a.Jw, wrow = Jw * SW, wplane = a.Jh * g.sh * wrow;
+  const I W = g.W, HW = g.H * g.W, Wi = g.Wi, ow = g.ow, cin_g = g.cin_g, cout_g = g.cout_g;
   const Span<I> in = interior_columns(g, Jw);
-  std::vector<const T*> gs(g.cout_g * g.kh + 1), ws(gs.size());
+  const I grad_size = g.N * g.C_out * HW;
   RowIndex at(begin, g.Hi, g.C_in);
   for (I r = begin; r < end; ++r, at.next()) {
     const I iy = at.inner, ci = at.mid, n = at.outer;
-    T* row = a.gx + r * g.Wi;
-    const I nt = row_taps(a, n, ci, iy, gs, ws);
-    for (I ix = 0; ix < in.begin; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
-    for (I ix = in.end; ix < g.Wi; ++ix) row[ix] = edge_column(g, gs, ws, nt, ix);
+    T* __restrict__ row = a.gx + r * Wi;
+    const Span<I> ky = a.ky[iy];
+    const I grp = cin_g == 1 ? ci : ci / cin_g;
+    // Gradient row of output channel cog's kernel row 0 (indexed by full-output column), weights.
+    const I g_off = ((n * g.C_out + grp * cout_g) * g.H + iy * g.sh - g.oh) * W - ow;
+    const T* __restrict__ g_row = a.grad + g_off;
+    const T* __restrict__ w_ci = a.wpad + ci * cout_g * wplane;
+    const I next_row = g.sh * W;
     auto columns = [&](I ix, auto group) FCN_LAMBDA_INLINE {
-      constexpr int n = decltype(group)::value;
-      V acc[n];
-      for (int k = 0; k < n; ++k) acc[k] = V{};
-      for (I t = 0; t < nt; ++t) {
-        const T* gr = gs[t] + ix * SW;
-        for (I j = 0; j < Jw; ++j) {
-          const V wv = load_vec<V>(ws[t] + j * SW);
-          for (int k = 0; k < n; ++k) acc[k] += load_vec<V>(gr + (k + j) * SW) * wv;
+      constexpr int m = decltype(group)::value;
+      V acc[m];
+      for (int k = 0; k < m; ++k) acc[k] = V{};
+      for (I cog = 0; cog < cout_g; ++cog)
+        for (I t = ky.begin; t < ky.end; ++t) {
+          const T* __restrict__ gr = g_row + cog * HW + t * W + ix * SW;
+          const T* __restrict__ wr = w_ci + cog * wplane + t * wrow;
+          // The next input row reads sh rows further down: fetch them a row ahead (the hardware
+          // prefetcher misses this pattern: kh rows read in turn, a few lines of each).
+          for (int b = 0; b < (m + Jw - 1) * SW; b += 64 / int(sizeof(T)))
+            __builtin_prefetch(gr + next_row + b, 0, 3);
+          if constexpr (J > 0) {
+            V wv[J], blk[m + J - 1];
+            for (int j = 0; j < J; ++j) wv[j] = load_vec<V>(wr + j * SW);
+            for (int b = 0; b < m + J - 1; ++b) blk[b] = load_vec<V>(gr + b * SW);
+            for (int k = 0; k < m; ++k)
+              for (int j = 0; j < J; ++j) acc[k] += blk[k + j] * wv[j];
+          } else {
+            for (I j = 0; j < Jw; ++j) {
+              const V wv = load_vec<V>(wr + j * SW);
+              for (int k = 0; k < m; ++k) acc[k] += load_vec<V>(gr + (k + j) * SW) * wv;
+            }
+          }
         }
-      }
-      if constexpr (n == G)
+      if constexpr (m == G)
         store_vec(row + ix, lane_sums8<T, SW>(acc));
       else
         row[ix] = lane_sum<T, SW>(acc[0]);
     };
+    auto edge = [&](I ix) FCN_LAMBDA_INLINE {
+      const I X0 = ix * SW;
+      const I first = g_off + ky.begin * W + X0, last = g_off + (cout_g - 1) * HW + (ky.end - 1) * W + X0 + wrow;
+      // Below AVX-512, GCC spills the blend of vectors wider than a register.
+      if (ISA < 2 || ky.begin >= ky.end || first < 0 || last > grad_size) return point(a, n, ci, iy, ix, row);
+      V acc = V{};
+      for (I j = 0; j < Jw; ++j) {
+        // Lanes l with ow <= X0 + j*SW + l < ow + W (bounds clamped to [0, SW]: they fit the lane type).
+        const auto lo = LaneInt(clamp_to<I>(ow - X0 - j * SW, 0, SW));
+        const auto hi = LaneInt(clamp_to<I>(ow + W - X0 - j * SW, 0, SW));
+        const LaneId inside = (lane >= lo) & (lane < hi);
+        for (I cog = 0; cog < cout_g; ++cog)
+          for (I t = ky.begin; t < ky.end; ++t) {
+            const V gv = load_vec<V>(g_row + cog * HW + t * W + X0 + j * SW);
+            acc += V(LaneId(gv) & inside) * load_vec<V>(w_ci + cog * wplane + t * wrow + j * SW);
+          }
+      }
+      row[ix] = lane_sum<T, SW>(acc);
+    };
+    // The interior first: it streams through the gradient rows, which the edges then find cached.
     I ix = in.begin;
     for (; ix + G <= in.end; ix += G) columns(ix, std::integral_constant<int, G>{});
     for (; ix < in.end; ++ix) columns(ix, std::integral_constant<int, 1>{});
+    for (I e = 0; e < in.begin; ++e) edge(e);
+    for (I e = in.end; e < Wi; ++e) edge(e);
   }
 }
 
@@ -206,6 +258,14 @@ FCN_ALWAYS_INLINE void grad_rows_gather(const BackArgs<T>& a, I begin, I end) {
 
 template <typename T, int ISA>
 FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
+  // Large strides: two-block kernels (FCN's) with their block count fixed, under AVX-512 (below it
+  // the loaded blocks and accumulators would not fit in the registers).
+  auto dot = [&](auto sw) FCN_LAMBDA_INLINE {
+    constexpr int SW = decltype(sw)::value;
+    if constexpr (ISA == 2)
+      if (a.Jw == 2) return grad_rows_dot<T, ISA, SW, 2>(a, begin, end);
+    return grad_rows_dot<T, ISA, SW, 0>(a, begin, end);
+  };
   switch (a.g->sw) {
     case 1: return grad_rows_phased<T, ISA, 1, 0>(a, begin, end);
     case 2:
@@ -213,9 +273,9 @@ FCN_ALWAYS_INLINE void grad_rows_body(const BackArgs<T>& a, I begin, I end) {
         if (a.Jw == 2) return grad_rows_phased<T, ISA, 2, 2>(a, begin, end);
       return grad_rows_phased<T, ISA, 2, 0>(a, begin, end);
     case 4: return grad_rows_phased<T, ISA, 4, 0>(a, begin, end);
-    case 8: return grad_rows_dot<T, 8>(a, begin, end);
-    case 16: return grad_rows_dot<T, 16>(a, begin, end);
-    case 32: return grad_rows_dot<T, 32>(a, begin, end);
+    case 8: return dot(std::integral_constant<int, 8>{});
+    case 16: return dot(std::integral_constant<int, 16>{});
+    case 32: return dot(std::integral_constant<int, 32>{});
     default: return grad_rows_gather<T>(a, begin, end);
   }
 }
