@@ -5,7 +5,8 @@
 // j < Jw = ceil(kw / sw).  For output row Y the contributing input rows come from the gather form
 // (fcn::inputs_touching, tap ky = Y - iy*sh).  Along the row, by column stride:
 //  - sw in {8, 16, 32} (FCN's upsampling): a block of sw outputs is one short vector, accumulated
-//    in registers over (input row, j) and stored once with the skip added;
+//    in registers over (input row, j) and stored once with the skip added, for up to four rows
+//    that read the same input rows at once;
 //  - sw in {1, 2, 4} (FCN's 2x layers): vectors run along the input columns, one accumulator per
 //    phase p, interleaved into consecutive outputs on the way out;
 //  - other strides: the shared per-element gather fcn::forward_point.
@@ -41,31 +42,45 @@ struct ForwardArgs {
   T* out;
 };
 
-// Output rows [begin, end) (row = (n, co, y)) with column stride SW, vectorised.
-template <typename T, int SW>
+// Output rows [begin, end) (row = (n, co, y)) with column stride SW, vectorised: block q (full-
+// output columns q*SW ..) is one short vector, accumulated in registers over (input row, tap
+// block j) and stored once with the skip added.  With GROUPED (AVX-512: registers for it), up to
+// four rows go together when they are consecutive rows of one plane reached by the same input
+// rows (runs of SW rows for FCN's two-block kernels): each x value broadcast then feeds them all,
+// and the row's setup and edge bookkeeping is shared.
+template <typename T, int SW, bool GROUPED>
 FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end) {
   using V = typename Block<T, SW>::type;
-  // Blocks per register group: 256 bytes of accumulators (8 AVX2 registers), at least one block.
+  // Blocks per register group: 256 bytes of accumulators (8 AVX2 registers), at least one block;
+  // with four rows, half as many blocks.
   constexpr int G = SW * int(sizeof(T)) >= 256 ? 1 : 256 / (SW * int(sizeof(T)));
   const Geometry& g = *a.g;
   const I J = a.Jw, wrow = a.Jw * SW, wplane = a.Jh * g.sh * wrow;
-  const I ow = g.ow;  // a local: stores through o must not force reloads of *a.g
+  const I ow = g.ow, W = g.W, H = g.H;  // locals: stores through o must not force reloads of *a.g
   // Blocks q cover the crop; interior ones [qa, qb) have all J inputs q-J+1..q and lie wholly in
   // the crop, the others clip their input range and their store.
   const I q_begin = floordiv<I>(g.ow, SW), q_end = floordiv<I>(g.ow + g.W - 1, SW) + 1;
   const I qa = clamp_to<I>(std::max<I>(J - 1, floordiv<I>(g.ow + SW - 1, SW)), q_begin, q_end);
   const I qb = clamp_to<I>(std::min<I>(g.Wi, floordiv<I>(g.ow + g.W, SW)), qa, q_end);
   std::vector<const T*> xs(g.cin_g * ((g.kh + g.sh - 1) / g.sh) + 1), ws(xs.size());
-  RowIndex at(begin, g.H, g.C_out);
-  for (I r = begin; r < end; ++r, at.next()) {
+  RowIndex at(begin, H, g.C_out);
+  for (I r = begin; r < end;) {
     const I y = at.inner, co = at.mid, n = at.outer;
-    T* __restrict__ o = a.out + r * g.W;
+    const Span<I> rows_in = a.rows_in[y];
+    auto same_inputs = [&](I k) {  // row y+k can go with row y
+      return r + k < end && y + k < H && a.rows_in[y + k].begin == rows_in.begin &&
+             a.rows_in[y + k].end == rows_in.end;
+    };
+    const int rows_here = !GROUPED ? 1 : same_inputs(3) && same_inputs(2) && same_inputs(1) ? 4
+                                       : same_inputs(1)                                  ? 2
+                                                                                          : 1;
+    T* __restrict__ o = a.out + r * W;
     const T* __restrict__ s = a.skip == nullptr
         ? nullptr
         : a.skip + n * a.ss0 + co * a.ss1 + (y + a.sk_h) * a.ss2 + a.sk_w;
-    // Gather form, vertically: the input rows reaching full-output row Y and their kernel rows.
+    // Gather form, vertically: the input rows reaching full-output row Y and their kernel rows
+    // (row Y+k of the pass: k kernel rows further down).
     const I Y = y + g.oh;
-    const Span<I> rows_in = a.rows_in[y];
     const I grp = co / g.cout_g, cog = co % g.cout_g;
     I nt = 0;
     for (I j = 0; j < g.cin_g; ++j) {
@@ -75,44 +90,68 @@ FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end)
         ws[nt] = a.wpad + (ci * g.cout_g + cog) * wplane + (Y - iy * g.sh) * wrow;
       }
     }
-    // Edge blocks: inputs clipped to [0, Wi), store clipped to the crop.
-    auto edge_block = [&](I q) FCN_LAMBDA_INLINE {
+    // Edge blocks of row k of the pass: inputs clipped to [0, Wi), store clipped to the crop.
+    auto edge_block = [&](I q, I k) FCN_LAMBDA_INLINE {
       V acc = V{};
       const I j0 = std::max<I>(0, q - g.Wi + 1), j1 = std::min<I>(J, q + 1);
       for (I t = 0; t < nt; ++t)
-        for (I j = j0; j < j1; ++j) acc += xs[t][q - j] * load_vec<V>(ws[t] + j * SW);
-      const I base = q * SW - g.ow;
-      for (I p = std::max<I>(0, -base); p < std::min<I>(SW, g.W - base); ++p)
-        o[base + p] = acc[p] + (s != nullptr ? s[base + p] : T(0));
+        for (I j = j0; j < j1; ++j) acc += xs[t][q - j] * load_vec<V>(ws[t] + k * wrow + j * SW);
+      const I base = q * SW - ow;
+      T* ok = o + k * W;
+      const T* sk = s == nullptr ? nullptr : s + k * a.ss2;
+      for (I p = std::max<I>(0, -base); p < std::min<I>(SW, W - base); ++p)
+        ok[base + p] = acc[p] + (sk != nullptr ? sk[base + p] : T(0));
     };
-    for (I q = q_begin; q < qa; ++q) edge_block(q);
-    for (I q = qb; q < q_end; ++q) edge_block(q);
-    // Interior: G blocks at a time in registers, stored once with the skip added.
-    auto interior = [&](I q, auto group) FCN_LAMBDA_INLINE {
-      constexpr int n = decltype(group)::value;
-      V acc[n];
-      for (int k = 0; k < n; ++k) acc[k] = V{};
+    // Interior: m blocks of R rows in registers, stored once with the skip added.
+    auto interior = [&](I q, auto group, auto rows) FCN_LAMBDA_INLINE {
+      constexpr int m = decltype(group)::value, R = decltype(rows)::value;
+      V acc[R][m];
+      for (int k = 0; k < R; ++k)
+        for (int c = 0; c < m; ++c) acc[k][c] = V{};
       for (I t = 0; t < nt; ++t) {
         const T* __restrict__ xr = xs[t] + q;
         const T* __restrict__ wr = ws[t];
         for (I j = 0; j < J; ++j) {
-          const V wv = load_vec<V>(wr + j * SW);
-          for (int k = 0; k < n; ++k) acc[k] += xr[k - j] * wv;
+          V wv[R];
+          for (int k = 0; k < R; ++k) wv[k] = load_vec<V>(wr + k * wrow + j * SW);
+          for (int c = 0; c < m; ++c) {
+            const V xv = V{} + xr[c - j];
+            for (int k = 0; k < R; ++k) acc[k][c] += xv * wv[k];
+          }
         }
       }
-      T* dst = o + q * SW - ow;
-      if (s != nullptr) {
-        const T* src = s + q * SW - ow;
-        for (int k = 0; k < n; ++k) store_vec(dst + k * SW, acc[k] + load_vec<V>(src + k * SW));
-      } else {
-        for (int k = 0; k < n; ++k) store_vec(dst + k * SW, acc[k]);
+      for (int k = 0; k < R; ++k) {
+        T* dst = o + k * W + q * SW - ow;
+        if (s != nullptr) {
+          const T* src = s + k * a.ss2 + q * SW - ow;
+          for (int c = 0; c < m; ++c) store_vec(dst + c * SW, acc[k][c] + load_vec<V>(src + c * SW));
+        } else {
+          for (int c = 0; c < m; ++c) store_vec(dst + c * SW, acc[k][c]);
+        }
       }
     };
-    I q = qa;
-    for (; q + G <= qb; q += G) interior(q, std::integral_constant<int, G>{});
-    if constexpr (G >= 4)
-      for (; q + G / 2 <= qb; q += G / 2) interior(q, std::integral_constant<int, G / 2>{});
-    for (; q < qb; ++q) interior(q, std::integral_constant<int, 1>{});
+    auto row_pass = [&](auto rows) FCN_LAMBDA_INLINE {
+      constexpr int R = decltype(rows)::value;
+      for (I k = 0; k < R; ++k) {
+        for (I q = q_begin; q < qa; ++q) edge_block(q, k);
+        for (I q = qb; q < q_end; ++q) edge_block(q, k);
+      }
+      constexpr int GR = R == 4 ? (G >= 2 ? G / 2 : 1) : G;
+      I q = qa;
+      for (; q + GR <= qb; q += GR) interior(q, std::integral_constant<int, GR>{}, rows);
+      if constexpr (GR >= 4)
+        for (; q + GR / 2 <= qb; q += GR / 2) interior(q, std::integral_constant<int, GR / 2>{}, rows);
+      for (; q < qb; ++q) interior(q, std::integral_constant<int, 1>{}, rows);
+    };
+    if constexpr (GROUPED) {
+      if (rows_here == 4) row_pass(std::integral_constant<int, 4>{});
+      else if (rows_here == 2) row_pass(std::integral_constant<int, 2>{});
+      else row_pass(std::integral_constant<int, 1>{});
+    } else {
+      row_pass(std::integral_constant<int, 1>{});
+    }
+    r += rows_here;
+    for (int k = 0; k < rows_here; ++k) at.next();
   }
 }
 
@@ -254,9 +293,9 @@ FCN_ALWAYS_INLINE void forward_range_body(const ForwardArgs<T>& a, I begin, I en
         if (a.Jw == 2) return forward_rows_interleave<T, ISA, 2, 2>(a, begin, end);
       return forward_rows_interleave<T, ISA, 2, 0>(a, begin, end);
     case 4: return forward_rows_interleave<T, ISA, 4, 0>(a, begin, end);
-    case 8: return forward_rows_vec<T, 8>(a, begin, end);
-    case 16: return forward_rows_vec<T, 16>(a, begin, end);
-    case 32: return forward_rows_vec<T, 32>(a, begin, end);
+    case 8: return forward_rows_vec<T, 8, ISA == 2>(a, begin, end);
+    case 16: return forward_rows_vec<T, 16, ISA == 2>(a, begin, end);
+    case 32: return forward_rows_vec<T, 32, ISA == 2>(a, begin, end);
     default: return forward_rows_gather<T>(a, begin, end);
   }
 }
