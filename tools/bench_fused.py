@@ -14,8 +14,11 @@ rise of peak RSS in a subprocess where malloc returns freed blocks at once; CUDA
 peak).  A second section times the whole full-width FCN-8s forward (random weights, bilinear
 upsampling) with its three upsampling steps unfused (the CaffeNet as built) and fused
 (net.fuse()), interleaved on one net.  Prints markdown tables and writes JSON.
+--keep-freed-memory reruns it with glibc keeping freed memory, so that no path pays first-touch
+page faults for its fresh outputs (which the copy-bandwidth figure, into a reused buffer, does not).
 
     python tools/bench_fused.py --device cpu [--batch 1 8] [--rounds 15] [--net-rounds 5] [--json out.json]
+                                [--keep-freed-memory]
 """
 import argparse
 import json
