@@ -213,7 +213,7 @@ def test_large_strides_forward_and_gradient(n, c, hi, wi, s, blocks, extra, dept
     """The upsampling layers' paths (strides 8, 16, 32): kernels of 2 blocks (FCN's, a path of their
     own), 1 and 3 blocks and ragged ones; eight-column register groups and the vector row ends,
     whose loads stay inside the gradient tensor or fall back to the gather (first and last rows)."""
-    k = min(blocks * s - extra, 64) if blocks * s > extra else blocks * s
+    k = min(blocks * s - extra, 64)
     fh, fw = full_size(hi, k, s), full_size(wi, k, s)
     oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
     crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))

@@ -37,7 +37,7 @@ from bench_net import build  # tools/: the full-width net with random weights
 from fcn_caffe_repro import ops
 
 METHODS = ("fused", "caffe", "plain", "interp")
-# glibc malloc never returns freed memory to the system, and serves blocks up to 1 GiB from its heap
+# --keep-freed-memory: glibc malloc keeps freed memory and serves blocks up to 1 GiB from its heap
 # (by default blocks over 32 MiB are fresh mappings, faulted in page by page on every call).
 KEEP_HEAP = {"MALLOC_TRIM_THRESHOLD_": "4294967295", "MALLOC_MMAP_THRESHOLD_": "1073741824"}
 
@@ -345,7 +345,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.keep_freed_memory and os.environ.get("MALLOC_TRIM_THRESHOLD_") != KEEP_HEAP["MALLOC_TRIM_THRESHOLD_"]:
         # glibc reads these at start-up only: run this script again under them.
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)],
                   dict(os.environ, **KEEP_HEAP))
     if args.threads:
         torch.set_num_threads(args.threads)

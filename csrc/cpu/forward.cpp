@@ -47,7 +47,7 @@ struct ForwardArgs {
 // block j) and stored once with the skip added.  With GROUPED (AVX-512: registers for it), up to
 // four rows go together when they are consecutive rows of one plane reached by the same input
 // rows (runs of SW rows for FCN's two-block kernels): each x value broadcast then feeds them all,
-// and the row's setup and edge bookkeeping is shared.
+// and the rows share their setup (the input-row and kernel-row pointers).
 template <typename T, int SW, bool GROUPED>
 FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end) {
   using V = typename Block<T, SW>::type;
