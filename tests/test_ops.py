@@ -43,6 +43,13 @@ def make_case(n=2, c=3, hi=5, wi=6, k=(4, 4), s=(2, 2), groups=1, crop=(1, 2, No
     return x.to(device), w.to(device), kwargs
 
 
+def draw_crop(data, hi, wi, k, s):
+    """A random non-empty crop (oh, ow, H, W) of the full output of a k x k, stride-s deconvolution."""
+    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
+    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
+    return (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+
+
 def assert_matches_reference(x, w, kwargs, rtol=1e-10, atol=1e-10):
     got = ops.deconv_crop_sum(x, w, **kwargs)
     want = ops.deconv_crop_sum(x, w, **kwargs, impl="torch")
@@ -178,9 +185,7 @@ def test_forward_small_strides_wide_rows(n, c, hi, wi, k, s, depthwise, skip, dt
     """The small-stride path's register groups (1 to 4 chunks of 8 input columns), its shifted last
     chunk, its row pairs (float32 4-tap kernels at stride 2: rows 2m and 2m+1 read the same input
     rows) and its element stores at odd crop offsets, on rows up to 240 outputs wide."""
-    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
-    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
-    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    crop = draw_crop(data, hi, wi, k, s)
     x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop,
                          skip=skip, dtype=dtype, skip_pad=(data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))))
     tol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -193,9 +198,7 @@ def test_forward_small_strides_wide_rows(n, c, hi, wi, k, s, depthwise, skip, dt
 def test_backward_random_geometry(n, c, hi, wi, k, s, depthwise, data):
     """Gradients of x, weight and skip against the reference's, rows wide enough for every group
     size of the vectorised column loops (up to 4 chunks of 8 input columns) and their ends."""
-    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
-    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
-    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    crop = draw_crop(data, hi, wi, k, s)
     x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop)
     inputs = (x.requires_grad_(), w.requires_grad_(), kw.pop("skip").requires_grad_())
     got = ops.deconv_crop_sum(x, w, skip=inputs[2], **kw)
@@ -214,9 +217,7 @@ def test_large_strides_forward_and_gradient(n, c, hi, wi, s, blocks, extra, dept
     own), 1 and 3 blocks and ragged ones; eight-column register groups and the vector row ends,
     whose loads stay inside the gradient tensor or fall back to the gather (first and last rows)."""
     k = min(blocks * s - extra, 64)
-    fh, fw = full_size(hi, k, s), full_size(wi, k, s)
-    oh, ow = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
-    crop = (oh, ow, data.draw(st.integers(1, fh - oh)), data.draw(st.integers(1, fw - ow)))
+    crop = draw_crop(data, hi, wi, k, s)
     x, w, kw = make_case(n=n, c=c, hi=hi, wi=wi, k=(k, k), s=(s, s), groups=c if depthwise else 1, crop=crop,
                          dtype=dtype, seed=wi)
     tol = 1e-4 if dtype == torch.float32 else 1e-10

@@ -66,7 +66,7 @@ FCN_ALWAYS_INLINE Span<I> interior_columns(const Geometry& g, I Jw) {
 }
 
 // One input column ix from the row's (grad row, weight row) pairs: the taps landing inside the
-// crop, summed in grad_input_point's order.  The row ends of the vectorised paths.
+// crop, summed in grad_input_point's order.  The row ends of the small-stride path.
 template <typename T>
 FCN_ALWAYS_INLINE T edge_column(const Geometry& g, const std::vector<const T*>& gs,
                                 const std::vector<const T*>& ws, I nt, I ix) {

@@ -42,6 +42,17 @@ struct ForwardArgs {
   T* out;
 };
 
+// How many of the rows r, r+1, .. (at most MAX, below end and within the plane of H rows, r being
+// its row y) are reached by the same input rows as row r: the rows one pass may compute together.
+template <int MAX>
+FCN_ALWAYS_INLINE int rows_sharing_inputs(const Span<I>* rows_in, I y, I H, I r, I end) {
+  int k = 1;
+  while (k < MAX && r + k < end && y + k < H && rows_in[y + k].begin == rows_in[y].begin &&
+         rows_in[y + k].end == rows_in[y].end)
+    ++k;
+  return k;
+}
+
 // Output rows [begin, end) (row = (n, co, y)) with column stride SW, vectorised: block q (full-
 // output columns q*SW ..) is one short vector, accumulated in registers over (input row, tap
 // block j) and stored once with the skip added.  With GROUPED (AVX-512: registers for it), up to
@@ -67,13 +78,8 @@ FCN_ALWAYS_INLINE void forward_rows_vec(const ForwardArgs<T>& a, I begin, I end)
   for (I r = begin; r < end;) {
     const I y = at.inner, co = at.mid, n = at.outer;
     const Span<I> rows_in = a.rows_in[y];
-    auto same_inputs = [&](I k) {  // row y+k can go with row y
-      return r + k < end && y + k < H && a.rows_in[y + k].begin == rows_in.begin &&
-             a.rows_in[y + k].end == rows_in.end;
-    };
-    const int rows_here = !GROUPED ? 1 : same_inputs(3) && same_inputs(2) && same_inputs(1) ? 4
-                                       : same_inputs(1)                                  ? 2
-                                                                                          : 1;
+    const int sharing = GROUPED ? rows_sharing_inputs<4>(a.rows_in, y, H, r, end) : 1;
+    const int rows_here = sharing == 4 ? 4 : sharing >= 2 ? 2 : 1;
     T* __restrict__ o = a.out + r * W;
     const T* __restrict__ s = a.skip == nullptr
         ? nullptr
@@ -180,7 +186,7 @@ FCN_ALWAYS_INLINE void forward_rows_interleave(const ForwardArgs<T>& a, I begin,
   for (I r = begin; r < end;) {
     const I y = at.inner, co = at.mid, n = at.outer;
     const Span<I> rin = rows_in[y];
-    const bool pair = J > 0 && r + 1 < end && y + 1 < H && rows_in[y + 1].begin == rin.begin && rows_in[y + 1].end == rin.end;
+    const bool pair = J > 0 && rows_sharing_inputs<2>(rows_in, y, H, r, end) == 2;
     T* __restrict__ o = a.out + r * W;
     const T* __restrict__ s = a.skip == nullptr
         ? nullptr
