@@ -1,8 +1,10 @@
-"""Shared test helpers: fixture paths and Caffe's parity measure."""
+"""Shared test helpers: fixture paths, Caffe's parity measure, a per-test seed."""
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAFFE_REF = FIXTURES / "caffe-ref"
@@ -21,3 +23,10 @@ def rel_err(ours, caffe):
 @pytest.fixture
 def caffe_ref():
     return CAFFE_REF
+
+
+@pytest.fixture(autouse=True)
+def _seed_from_test_name(request):
+    """Every test starts from a global torch RNG state of its own (a function of its name), so no
+    outcome depends on which tests ran before it (pytest-randomly shuffles their order)."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
