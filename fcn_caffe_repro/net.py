@@ -103,6 +103,10 @@ class CaffeNet(nn.Module):
                 declared *= len(spec.top)
             if len(declared) != len(spec.top):
                 raise spec.error(f"Input declares {len(declared)} shapes for {len(spec.top)} tops")
+        elif spec.type == "Data":  # Caffe's DataLayer: batch_size crops and one label per image
+            batch = spec.params.get_int("batch_size", 1)
+            crop = spec.msg.msg("transform_param").get_int("crop_size", 0) or 224
+            declared = [(batch, 3, crop, crop), (batch,)][:len(spec.top)]
         else:
             declared = [(1, 1 if t in _ONE_CHANNEL_TOPS else 3, 500, 500) for t in spec.top]
         return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]

@@ -16,7 +16,7 @@ from typing import Callable
 from ..errors import NetError
 from . import alexnet, nyud, pascalcontext, siftflow, voc, vgg
 from .deploy import deploy, with_input
-from .solvers import solver
+from .solvers import solver, vgg_solver
 
 PHASES = ("train", "val", "deploy")
 ALIASES = {"trainval": "train", "test": "val"}
@@ -55,7 +55,7 @@ REGISTRY = {
     "siftflow-fcn8s": Net(partial(siftflow.fcn, stride=8), **_SF),
 }
 FCN_NETS = tuple(REGISTRY)
-CLASSIFIER = "vgg16"  # the ILSVRC deploy net: one definition, served for every phase
+CLASSIFIER = "vgg16"  # the ILSVRC classifier: deploy as VGG released it, train/val as its train_val
 NETS = FCN_NETS + (CLASSIFIER,)
 
 
@@ -88,8 +88,7 @@ def net_spec(name, phase="val", num_classes=None, width_divisor=1):
     phase = _phase(phase)
     if name == CLASSIFIER:
         _check_args(num_classes, width_divisor, 64)
-        spec = vgg.classifier(num_classes or 1000, width_divisor)
-        return with_input(spec, {"data": (1, 3, 224, 224)})
+        return vgg.classifier(num_classes or 1000, width_divisor, phase)
     net = REGISTRY[name]
     _check_args(num_classes, width_divisor, net.width_gcd)
     split = net.splits["train" if phase == "train" else "val"]
@@ -101,7 +100,7 @@ def phase_files(name):
     """{phase: file stem} of the prototxts the release has (or we emit) for a net."""
     _check_name(name)
     if name == CLASSIFIER:
-        return {"deploy": "deploy"}
+        return {"train": "train", "val": "val", "deploy": "deploy"}
     train, val = REGISTRY[name].files
     return {"train": train, "val": val, "deploy": "deploy"}
 
@@ -110,8 +109,7 @@ def solver_spec(name):
     """The release's SolverParameter for a net, as a Message."""
     _check_name(name)
     if name == CLASSIFIER:
-        raise NetError(f"{CLASSIFIER!r} has no solver (it is the ILSVRC classifier, not trained "
-                       f"here); nets with solvers: {', '.join(FCN_NETS)}")
+        return vgg_solver("train.prototxt", "val.prototxt")
     train, val = REGISTRY[name].files
     return solver(name, f"{train}.prototxt", f"{val}.prototxt")
 

@@ -52,17 +52,55 @@ def fcn_base(n, data, div=1, modality="", conv1_1="conv1_1"):
     return n['drop7' + m]
 
 
-def classifier(num_classes=1000, div=1):
-    """The VGG16 ILSVRC deploy net (fc6/fc7 InnerProduct, fc8, prob); fc8 is not divided."""
+def classifier(num_classes=1000, div=1, phase="deploy", batch_size=32, source="ilsvrc12_train_lmdb"):
+    """The VGG16 ILSVRC net (fc6/fc7 InnerProduct, fc8); fc8 is not divided.
+
+    deploy: an Input of 1x3x224x224 and `prob`, as VGG's deploy file. train/val: a Data layer of
+    `batch_size` mean-subtracted 224x224 crops with their labels, the learnable blobs' lr/decay
+    multipliers of VGG's train_val (1/1 weights, 2/0 biases) and a SoftmaxWithLoss; val also has
+    an Accuracy.
+    """
     n = NetBuilder()
-    n.data = L.Input(shape=dict(dim=[1, 3, 224, 224]))
-    convs(n, 'data', div, conv=_plain_conv_relu, pad1=1)
-    n.fc6 = L.InnerProduct(n.pool5, num_output=4096 // div)
+    if phase == "deploy":
+        n.data = L.Input(shape=dict(dim=[1, 3, 224, 224]))
+        conv, fc = _plain_conv_relu, _plain_inner_product
+    else:
+        n.data, n.label = L.Data(ntop=2, data_param=dict(source=source, batch_size=batch_size, backend="LMDB"),
+                                 transform_param=dict(mirror=phase == "train", crop_size=224,
+                                                      mean_value=[104, 117, 123]))
+        conv, fc = _learnable_conv_relu, _learnable_inner_product
+    convs(n, 'data', div, conv=conv, pad1=1)
+    n.fc6 = fc(n.pool5, 4096 // div)
     n.relu6 = L.ReLU(n.fc6, in_place=True)
     n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
-    n.fc7 = L.InnerProduct(n.drop6, num_output=4096 // div)
+    n.fc7 = fc(n.drop6, 4096 // div)
     n.relu7 = L.ReLU(n.fc7, in_place=True)
     n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
-    n.fc8 = L.InnerProduct(n.drop7, num_output=num_classes)
-    n.prob = L.Softmax(n.fc8)
+    n.fc8 = fc(n.drop7, num_classes)
+    if phase == "deploy":
+        n.prob = L.Softmax(n.fc8)
+    else:
+        n.loss = L.SoftmaxWithLoss(n.fc8, n.label)
+        if phase == "val":
+            n.accuracy = L.Accuracy(n.fc8, n.label)
     return n.to_spec("VGG_ILSVRC_16_layers")
+
+
+_LEARNABLE = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+
+
+def _learnable_conv_relu(bottom, nout, pad=1):
+    """The classifier's train-phase convolution: MSRA-filled weights (He et al.: a 16-layer net
+    without normalisation trains from scratch with them), zero biases."""
+    conv = L.Convolution(bottom, num_output=nout, pad=pad, kernel_size=3, param=_LEARNABLE,
+                         weight_filler=dict(type="msra"), bias_filler=dict(type="constant", value=0))
+    return conv, L.ReLU(conv, in_place=True)
+
+
+def _plain_inner_product(bottom, nout):
+    return L.InnerProduct(bottom, num_output=nout)
+
+
+def _learnable_inner_product(bottom, nout):
+    return L.InnerProduct(bottom, num_output=nout, param=_LEARNABLE,
+                          weight_filler=dict(type="msra"), bias_filler=dict(type="constant", value=0))
