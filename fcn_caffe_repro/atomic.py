@@ -3,7 +3,7 @@ complete new one, never a partial file, even if the writer is killed."""
 import contextlib
 import os
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_json"]
 
 
 @contextlib.contextmanager
@@ -30,3 +30,11 @@ def atomic_write(path):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_json(path, obj, **dumps_options):
+    """`obj` as JSON (indent 1, NaN refused) written atomically to `path`."""
+    import json
+
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, **{"indent": 1, "allow_nan": False, **dumps_options}).encode())

@@ -7,14 +7,15 @@ infer.py are thin over this module.
 import ast
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import data, metrics, paper
+from . import data, distributed, metrics, paper
+from .atomic import write_json
+from .data.common import item_loader
 from .errors import NetError
 
 # Which dataset (and class names, mean) goes with each family of the release's nets.
@@ -129,32 +130,17 @@ def input_defaults(net_name):
     return data.voc.VOC_MEAN, data.voc.VOC_CLASSES, "score"
 
 
-def _identity(x):
-    return x
-
-
-def _one_thread(_):
-    torch.set_num_threads(1)
-
-
 def _finite(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _write_json(path, obj):
-    """Atomically, so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-
-
 class Evaluator:
-    """Runs ``net`` over ``dataset``; ``run()`` returns the results dict that eval.py writes as JSON."""
+    """The one scorer: runs ``net`` over ``dataset`` (its first ``limit`` images), image by image, and
+    returns the results dict that eval.py writes as JSON. Under torchrun each process scores every
+    world-th image and the histograms are summed; resuming from a state file is single-process."""
 
     def __init__(self, net, dataset, feeds=None, tasks=None, net_name=None, device="cpu", save_dir=None,
-                 state_file=None, workers=1, settings=None, checkpoint_s=30.0, progress=True):
+                 state_file=None, workers=1, settings=None, checkpoint_s=30.0, progress=True, limit=None):
         if feeds is None or tasks is None:
             f, t = default_io(net, dataset, net_name)
             feeds, tasks = feeds or f, tasks or t
@@ -165,6 +151,10 @@ class Evaluator:
         self.workers, self.checkpoint_s, self.progress = workers, checkpoint_s, progress
         self.settings = dict(settings or {})
         self.done, self.forward_s, self.total_s, self.per_image_s = 0, 0.0, 0.0, []
+        self.count = len(dataset) if limit is None else min(int(limit), len(dataset))
+        self.rank, self.world = distributed.rank_and_world()
+        if self.world > 1 and (state_file is not None or save_dir is not None):
+            raise ValueError("resuming and saving predictions are single-process: run without torchrun")
 
     # --- state for --resume ---------------------------------------------------------------------
     def state(self):
@@ -191,15 +181,12 @@ class Evaluator:
 
     def checkpoint(self):
         if self.state_file is not None:
-            _write_json(self.state_file, self.state())
+            write_json(self.state_file, self.state())
 
     # --- the loop -------------------------------------------------------------------------------
     def _loader(self):
-        remaining = torch.utils.data.Subset(self.dataset, range(self.done, len(self.dataset)))
-        if self.workers <= 0:
-            return remaining
-        return torch.utils.data.DataLoader(remaining, batch_size=None, collate_fn=_identity,
-                                           num_workers=self.workers, worker_init_fn=_one_thread, prefetch_factor=2)
+        mine = range(self.done + self.rank, self.count, self.world)
+        return item_loader(torch.utils.data.Subset(self.dataset, mine), self.workers)
 
     def run(self):
         from tqdm import tqdm
@@ -207,7 +194,7 @@ class Evaluator:
         tops = list(self.dataset.tops)
         self.net.eval()
         last_save = time.perf_counter()
-        bar = tqdm(total=len(self.dataset), initial=self.done, disable=not self.progress, unit="img",
+        bar = tqdm(total=self.count, initial=self.done, disable=not self.progress, unit="img",
                    desc="eval", dynamic_ncols=True)
         try:
             with torch.inference_mode():
@@ -261,6 +248,8 @@ class Evaluator:
         tasks = {}
         for t in self.tasks:
             acc = t.accumulator or metrics.Accumulator(len(self.dataset.tasks[t.label]))
+            if self.world > 1:  # every process scored its share: sum the histograms
+                acc.hist = distributed.all_reduce_sum(torch.from_numpy(acc.hist)).numpy()
             names = list(self.dataset.tasks[t.label])[:acc.n]
             names += [f"class{k}" for k in range(len(names), acc.n)]
             s = acc.scores()

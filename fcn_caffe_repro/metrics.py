@@ -87,10 +87,6 @@ class Accumulator:
     def scores(self, exclude=()):
         return scores(self.hist, exclude)
 
-    def reset(self):
-        self.hist[:] = 0
-        self.count = 0
-
     def state_dict(self):
         """JSON-ready state, for resuming an interrupted evaluation."""
         return {"num_classes": self.n, "count": self.count, "hist": self.hist.tolist()}

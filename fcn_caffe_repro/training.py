@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import distributed, metrics, surgery
+from .data.common import item_loader
 from .errors import CaffeError, NetError
 from .solver import NonFiniteLoss, SGDSolver, read_solver_prototxt, solver_params
 
@@ -69,20 +70,28 @@ def initialise(net, init=None, log=print):
     return lines
 
 
-def net_inputs(net, tops, sample, device):
-    """{net input: 1×C×H×W tensor} from one dataset item (a tuple ordered like `tops`); labels
-    (H×W) become 1×1×H×W float, as the release's data layers shape them."""
+def net_inputs(net, tops, samples, device):
+    """{net input: N×C×H×W tensor} from N dataset items (tuples ordered like `tops`), stacked as a
+    data layer of batch N gives them; dense labels (H×W) become N×1×H×W float and class labels
+    (scalars) N float, as the release's and Caffe's data layers shape them."""
     feeds = {}
-    for top, value in zip(tops, sample):
+    for k, top in enumerate(tops):
         if top not in net.inputs:
             continue
-        x = torch.as_tensor(value)
-        x = x.float() if x.dim() == 3 else x[None].float()
-        feeds[top] = x[None].to(device, non_blocking=True)
+        values = [torch.as_tensor(sample[k]) for sample in samples]
+        x = torch.stack([v.float() if v.dim() != 2 else v[None].float() for v in values])
+        feeds[top] = x.to(device, non_blocking=True)
     missing = [t for t in net.inputs if t not in feeds]
     if missing:
         raise NetError(f"the dataset gives {list(tops)}; the net also needs {missing}")
     return feeds
+
+
+def batch_size(net):
+    """Images per forward pass: the batch its data layer declares (1 for the release's Python
+    data layers, batch_size for a Data layer)."""
+    shape = next(iter(net.inputs.values()), None)
+    return int(shape[0]) if shape else 1
 
 
 class _Samples(torch.utils.data.Dataset):
@@ -98,49 +107,32 @@ class _Samples(torch.utils.data.Dataset):
         return self.dataset[sample_index(self.seed, self.positions[k], len(self.dataset))]
 
 
-def _identity(x):
-    return x
-
-
-def _one_thread(_):
-    torch.set_num_threads(1)
-
-
 def validate(net, dataset, device="cpu", limit=None, net_name=None):
-    """The paper's metrics of `net` (TEST phase) on `dataset`, images split over the processes
-    and confusion histograms summed: {label top: {metric: value}}."""
-    from .evaluate import default_io
+    """The paper's metrics of `net` (TEST phase) on `dataset` through the one scorer
+    (evaluate.Evaluator, images split over the processes): {label top: {metric: value}}."""
+    from .evaluate import Evaluator
 
-    feeds, tasks = default_io(net, dataset, net_name)
-    tops = list(dataset.tops)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    rank, world = distributed.rank_and_world()
-    # class counts from the net, so that every process sums histograms of one shape
-    hists = {t.label: np.zeros((net.blob_shapes[t.score][1],) * 2, np.int64) for t in tasks}
     was_training = net.training
-    net.eval()
-    with torch.inference_mode():
-        for i in range(rank, n, world):
-            sample = dataset[i]
-            out = net(**{k: torch.as_tensor(sample[tops.index(v)])[None].to(device) for k, v in feeds.items()})
-            for t in tasks:
-                scores = out[t.score][0]
-                hists[t.label] += metrics.fast_hist(torch.as_tensor(sample[tops.index(t.label)]).to(device),
-                                                    scores.argmax(0), scores.shape[0])
+    results = Evaluator(net, dataset, net_name=net_name, device=device, workers=0, progress=False,
+                        limit=limit).run()
     net.train(was_training)
-    results = {}
-    for t in tasks:
-        h = distributed.all_reduce_sum(torch.from_numpy(hists[t.label]).to(device)).cpu().numpy()
-        s = metrics.scores(h, exclude=t.exclude)
-        results[t.label] = {k: s[k] for k in metrics.METRICS}
-    return results
+    return {label: task["metrics"] for label, task in results["tasks"].items()}
+
+
+def copy_weights(source, target):
+    """Every parameter blob of `source` into the layers of the same name in `target` (a train
+    net's weights into its deploy or TEST-phase twin)."""
+    with torch.no_grad():
+        target.load_caffemodel({k: [b.detach().cpu().numpy() for b in v] for k, v in source.params_by_layer().items()},
+                               strict=False)
 
 
 class Trainer:
     """The loop: steps, logs, validation, snapshots, resume, a clean stop on Ctrl-C."""
 
     def __init__(self, solver, dataset, out, seed=1337, val=None, val_net=None, val_every=0, val_limit=None,
-                 snapshot_every=None, max_iter=None, device="cpu", workers=1, progress=True, net_name=None):
+                 snapshot_every=None, max_iter=None, device="cpu", workers=1, progress=True, net_name=None,
+                 sample_offset=0, desc="train"):
         self.solver, self.dataset, self.out, self.seed = solver, dataset, Path(out), int(seed)
         self.val, self.val_net, self.val_every, self.val_limit = val, val_net, int(val_every), val_limit
         p = solver.params
@@ -148,8 +140,10 @@ class Trainer:
         self.max_iter = p["max_iter"] if max_iter is None else int(max_iter)
         self.display = max(p["display"], 1)
         self.device, self.workers, self.progress, self.net_name = device, workers, progress, net_name
+        self.sample_offset, self.desc = int(sample_offset), desc  # where in the sample sequence this run starts
         self.rank, self.world = distributed.rank_and_world()
         self.tops = tuple(dataset.tops)
+        self.batch = batch_size(solver.net)
         self._stop = False
         if val is not None and val_net is None:
             raise CaffeError("validation needs a TEST-phase net (val_net) to copy the weights into")
@@ -192,21 +186,14 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def _loader(self, start):
-        n = self.solver.params["iter_size"]
+        n = self.solver.params["iter_size"] * self.batch
         positions = [s for it in range(start, self.max_iter)
                      for s in distributed.iteration_positions(it, n, self.rank, self.world)]
-        samples = _Samples(self.dataset, self.seed, positions)
-        if self.workers <= 0:
-            return iter(samples[k] for k in range(len(samples)))
-        return iter(torch.utils.data.DataLoader(samples, batch_size=None, collate_fn=_identity,
-                                                num_workers=self.workers, worker_init_fn=_one_thread,
-                                                prefetch_factor=4, persistent_workers=False))
+        samples = _Samples(self.dataset, self.seed, [self.sample_offset + s for s in positions])
+        return iter(item_loader(samples, self.workers, prefetch_factor=4))
 
     def validate(self):
-        with torch.no_grad():
-            state = self.solver.net.params_by_layer()
-            self.val_net.load_caffemodel({k: [b.detach().cpu().numpy() for b in v] for k, v in state.items()},
-                                         strict=False)
+        copy_weights(self.solver.net, self.val_net)
         t0 = time.perf_counter()
         results = validate(self.val_net, self.val, self.device, self.val_limit, self.net_name)
         self.log({"event": "val", "iter": self.solver.iter, "seconds": time.perf_counter() - t0,
@@ -230,15 +217,16 @@ class Trainer:
         solver, n = self.solver, self.solver.params["iter_size"]
         start = solver.iter
         self.log({"event": "start", "iter": start, "max_iter": self.max_iter, "processes": self.world,
-                  "iter_size": n, "images_per_iter": n * self.world, "params": solver.params})
+                  "iter_size": n, "images_per_iter": n * self.batch * self.world, "params": solver.params})
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = tqdm(total=self.max_iter, initial=start, disable=not self.progress or self.rank != 0,
-                   unit="it", desc="train", dynamic_ncols=True)
+                   unit="it", desc=self.desc, dynamic_ncols=True)
         loader = self._loader(start)
         t_last, it_last = time.perf_counter(), start
         try:
             while solver.iter < self.max_iter and not self._stopping():
-                batches = [net_inputs(solver.net, self.tops, next(loader), self.device) for _ in range(n)]
+                batches = [net_inputs(solver.net, self.tops, [next(loader) for _ in range(self.batch)], self.device)
+                           for _ in range(n)]
                 try:
                     loss = solver.step(batches)
                 except NonFiniteLoss as e:
@@ -249,17 +237,17 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (solver.iter - it_last) / max(now - t_last, 1e-9)
                     t_last, it_last = now, solver.iter
-                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", img_s=f"{rate * n * self.world:.2f}",
+                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", img_s=f"{rate * n * self.batch * self.world:.2f}",
                                     refresh=False)
                     self.log({"iter": solver.iter, "loss": loss, "smoothed_loss": solver.smoothed_loss,
                               "lr": solver.lr(solver.iter - 1), "iter_per_s": rate,
-                              "images_per_s": rate * n * self.world})
+                              "images_per_s": rate * n * self.batch * self.world})
                 if self.snapshot_every and solver.iter % self.snapshot_every == 0:
                     self.snapshot()
                 if self.val is not None and self.val_every and solver.iter % self.val_every == 0:
                     results = self.validate()
                     first = next(iter(results.values()))
-                    bar.write(f"iteration {solver.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in first.items()))
+                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", mean_iu=f"{first['mean_iu']:.3f}")
             if self._stop or (solver.iter == self.max_iter and solver.params["snapshot_after_train"]
                               and not (self.snapshot_every and solver.iter % self.snapshot_every == 0)):
                 self.snapshot()

@@ -141,3 +141,25 @@ def iu_bar_chart(per_class_iu, classes, title="per-class IU"):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def training_curves(logs):
+    """A matplotlib Figure of each run's smoothed training loss (left) and validation mean IU
+    (right) against the iteration; ``logs``: {run name: the Trainer's log.jsonl records}."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6))
+    loss_ax, iu_ax = fig.subplots(1, 2)
+    for name, records in logs.items():
+        steps = [(r["iter"], r["smoothed_loss"]) for r in records if "smoothed_loss" in r]
+        vals = [(r["iter"], 100 * next(iter(r["results"].values()))["mean_iu"]) for r in records
+                if r.get("event") == "val"]
+        if steps:
+            loss_ax.plot(*zip(*steps), label=name)
+        if vals:
+            iu_ax.plot(*zip(*vals), marker="o", markersize=3, label=name)
+    loss_ax.set(xlabel="iteration of the run", ylabel="training loss (smoothed)", yscale="log")
+    iu_ax.set(xlabel="iteration of the run", ylabel="validation mean IU (%)", ylim=(0, 100))
+    iu_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -46,32 +46,40 @@ def main(argv=None):
     p.add_argument("--limit", type=int, help="score only the first N images (voc)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("out/reproduce"))
+    p.add_argument("--seed", type=int, default=reproduce.Config.seed, help="the world's and the runs' seed")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
     p.add_argument("--quick", action="store_true", help="a few iterations per stage: checks the pipeline only")
     p.add_argument("--iters", type=int, nargs=3, metavar=("N32", "N16", "N8"), help="iterations per stage")
-    p.add_argument("--no-control", action="store_true", help="skip the FCN-32s trained-on control")
+    p.add_argument("--no-controls", action="store_true", help="skip the trained-on and no-classifier controls")
+    p.add_argument("--classifier", type=Path, help="the stand-in classifier's .caffemodel (default: shipped)")
+    p.add_argument("--pretrain", action="store_true",
+                   help="train the stand-in classifier and write it (default: into the package) instead")
     args = p.parse_args(argv)
     if args.dataset == "voc":
         if args.root is None or not args.weights:
             p.error("--dataset voc needs --root and at least one --weights")
         return original_weights(args)
-    cfg = reproduce.Config(control=not args.no_control)
+    cfg = reproduce.Config(seed=args.seed, threads=args.threads, classifier=str(args.classifier or ""))
+    if args.no_controls:
+        cfg.controls = ()
     if args.quick:
-        cfg.iters, cfg.val_images, cfg.size = (6, 4, 4), 4, 64
+        cfg.iters, cfg.val_images, cfg.val_every = (6, 4, 4), 4, 5
+        cfg.pretrain.update(iters=6, batch=2, val_images=4)
     if args.iters:
         cfg.iters = tuple(args.iters)
     t = time.perf_counter()
+    if args.pretrain:
+        reproduce.pretrain(cfg, out=args.out / "pretrain", path=args.classifier)
+        print(f"total {time.perf_counter() - t:.0f} s")
+        return 0
+    if not Path(cfg.classifier or reproduce.classifier_weights()).is_file():
+        p.error(f"no classifier at {cfg.classifier or reproduce.classifier_weights()}: run with --pretrain first")
     summary, table = reproduce.run(cfg, out=args.out)
-    print("\nSynthetic data, held-out images (the format of CVPR 2015 Table 2):\n")
+    print("\nSynthetic world, held-out images (the format of CVPR 2015 Table 2; then per-class IU):\n")
     print(table)
-    res = summary["results"]
-    iu = {k: 100 * res[k]["metrics"]["mean_iu"] for k in res}
-    print(f"\nskips refine: FCN-16s - FCN-32s = {iu['voc-fcn16s'] - iu['voc-fcn32s']:+.1f} mean IU, "
-          f"FCN-8s - FCN-16s = {iu['voc-fcn8s'] - iu['voc-fcn16s']:+.1f}")
-    if "control" in iu:
-        print(f"control: FCN-32s trained as long as FCN-8s: {iu['control']:.1f} mean IU "
-              f"(FCN-8s - control = {iu['voc-fcn8s'] - iu['control']:+.1f})")
-    print(f"\nfigures: {args.out / 'results.png'}, {args.out / 'per_class_iu.png'}; "
-          f"total {time.perf_counter() - t:.0f} s")
+    print("\n" + reproduce.findings(summary))
+    print(f"\nfigures: {args.out}/results.png, per_class_iu.png, training_curves.png; results.json; "
+          f"total {time.perf_counter() - t:.0f} s on {summary['threads']} threads")
     return 0
 
 

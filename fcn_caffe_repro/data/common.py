@@ -188,7 +188,7 @@ class SegDataset(torch.utils.data.Dataset):
     mean = ()
 
     def __init__(self, ids, tasks):
-        self.ids = list(ids)
+        self.ids = ids if isinstance(ids, list) or hasattr(ids, "__getitem__") and not isinstance(ids, str) else list(ids)
         self.tasks = dict(tasks)
         self.classes = list(next(iter(self.tasks.values())))
 
@@ -215,3 +215,19 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __repr__(self):
         return f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes)"
+
+
+def _identity(item):
+    return item
+
+
+def _one_thread(_):
+    torch.set_num_threads(1)  # a loader process must not compete with the net's threads
+
+
+def item_loader(dataset, workers=1, prefetch_factor=2):
+    """The items of `dataset` in order, loaded ahead by `workers` processes (0: in this one)."""
+    if workers <= 0:
+        return (dataset[k] for k in range(len(dataset)))
+    return torch.utils.data.DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=workers,
+                                       worker_init_fn=_one_thread, prefetch_factor=prefetch_factor)

@@ -14,6 +14,7 @@ Image (seed, index) is the same on every call.
 import colorsys
 
 import numpy as np
+import torch
 
 from .common import SegDataset, caffe_input, label_tensor
 from .voc import VOC_MEAN
@@ -110,6 +111,21 @@ class _World:
         return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+class _Ids:
+    """The ids "<prefix>-<seed>-<index>" of n generated images, made on demand (n may be huge)."""
+
+    def __init__(self, prefix, n):
+        self.prefix, self.n = prefix, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        return f"{self.prefix}-{_check_index(i, self.n):06d}"
+
+
 def _class_names(num_families):
     return [FAMILIES[k % len(FAMILIES)] + (str(k // len(FAMILIES) + 1) if k >= len(FAMILIES) else "")
             for k in range(num_families)]
@@ -134,7 +150,7 @@ class Synthetic(SegDataset):
         self.seed, self.n, self.mean, self.objects = int(seed), int(n), tuple(mean), tuple(objects)
         self.world = _World(size, num_classes - 1)
         self.size = self.world.size
-        super().__init__([f"synthetic-{self.seed}-{i:06d}" for i in range(self.n)],
+        super().__init__(_Ids(f"synthetic-{self.seed}", self.n),
                          {"label": ["background"] + _class_names(num_classes - 1)})
 
     def generate(self, i):
@@ -165,7 +181,7 @@ class SyntheticShapes(SegDataset):
         self.seed, self.n, self.mean, self.objects = int(seed), int(n), tuple(mean), tuple(objects)
         self.world = _World(size, num_classes)
         self.size = self.world.size
-        super().__init__([f"shapes-{self.seed}-{i:06d}" for i in range(self.n)], {"label": _class_names(num_classes)})
+        super().__init__(_Ids(f"shapes-{self.seed}", self.n), {"label": _class_names(num_classes)})
 
     def generate(self, i):
         """uint8 H×W×3 RGB image and the class index of image i."""
@@ -178,7 +194,7 @@ class SyntheticShapes(SegDataset):
 
     def __getitem__(self, i):
         rgb, k = self.generate(i)
-        return caffe_input(rgb, self.mean), k
+        return caffe_input(rgb, self.mean), torch.tensor(k, dtype=torch.uint8)
 
     def rgb(self, i):
         return self.generate(i)[0]
