@@ -326,7 +326,7 @@ def test_resume_is_bit_exact_with_dropout(tmp_path):
         no_rng.step(**tiny_batch(i))
     assert not torch.equal(no_rng.net.fc.weight, straight.net.fc.weight)
     # the snapshot alone rebuilds net and solver
-    rebuilt = SGDSolver.restore(path)  # on the class: SGDSolver.from_snapshot
+    rebuilt = SGDSolver.from_snapshot(path)
     assert rebuilt.iter == 3 and rebuilt.params["momentum"] == 0.9
     assert torch.equal(rebuilt.history[0], load_snapshot(path)["history"]["conv1/0"])
 
