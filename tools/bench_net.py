@@ -1,4 +1,4 @@
-"""Benchmark whole FCN nets: the plain path against the fast mode (fcn_caffe_repro/fast.py).
+"""Benchmark whole FCN nets: the plain path against the fast mode (fcn_caffe_repro/fast/).
 
 For each net (full width, random He-scaled weights, bilinear `up` layers via surgery.interp so the
 fused skip op runs depthwise), batch, pass (forward under no_grad; forward+backward of the train
