@@ -1,4 +1,5 @@
-// Host-side declarations of deconv_crop_sum: input validation and the per-device kernels.
+// Host side of deconv_crop_sum shared by the CPU and CUDA entry points (deconv_crop_sum.cpp): input
+// validation into a Geometry, the backward's result, the 32-bit index check.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,9 +23,6 @@ Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Te
                        at::IntArrayRef stride, at::IntArrayRef offset, at::IntArrayRef skip_size,
                        at::IntArrayRef skip_offset, int64_t groups,
                        const std::array<bool, 3>& output_mask);
-
-// The skip's gradient: zeros of skip_size with grad at the crop window (ATen ops; used on CUDA).
-at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset);
 
 // The backward's result: a gradient left undefined (masked out) becomes an empty tensor, which the
 // autograd formula maps to None; made only when needed (small calls feel each allocation).

@@ -20,7 +20,7 @@
 
 namespace fcn {
 
-// Geometry of one call, already validated on the host (see deconv_crop_sum.h: plan_deconv).
+// Geometry of one call, already validated on the host (deconv_crop_sum.h: plan_forward, plan_backward).
 struct Geometry {
   int64_t N, C_in, C_out, Hi, Wi;   // x is N x C_in x Hi x Wi
   int64_t kh, kw, sh, sw;           // kernel and stride

@@ -5,7 +5,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import NetError
-from .solver import atomic_save
+from .solver.snapshot import atomic_save
 
 
 def load_net(model, net=None, prototxt=None, num_classes=None):

@@ -14,8 +14,9 @@ and one image per pass:
   process. An iteration consumes P * n images, so a schedule of max_iter iterations sees P times
   the images; divide max_iter (and stepsize, snapshot) by P to keep the number of images seen,
   but the trajectory is then that of iter_size P * n, not of the paper's batch of one;
-* Caffe seeds solver k with random_seed + k, so dropout masks differ between processes; the
-  reported loss here is the mean over the processes (Caffe prints rank 0's).
+* Caffe seeds solver k with random_seed + k, as solver.rng.seed_everything does here, so
+  dropout masks differ between processes; the reported loss here is the mean over the
+  processes (Caffe prints rank 0's).
 
 We reduce once per iteration, after the iter_size passes (Caffe's non-layer-wise path), instead
 of wrapping the net in DistributedDataParallel: the update must see the fully accumulated,

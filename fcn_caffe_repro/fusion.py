@@ -7,13 +7,15 @@ when the deconvolution has no bias, pad or dilation, the crop is spatial (axis 2
 unit coefficients, and the intermediate blobs have no other reader. Each deconvolution's weights
 are checked for being channel-diagonal whenever they change (the bilinear kernels of
 surgery.interp are); diagonal ones run depthwise (groups = C) unless a gradient of the full
-C x C weight is wanted, any other as given.
+C x C weight is wanted, any other as given. The pass is fuse(net); fused_plan rewrites a step list.
 """
 import torch
 from torch import nn
 
 from . import layers as L
 from . import ops
+from .plan import Step, layer_steps
+from .torch_private import version_counter
 
 
 class FusedDeconvCropSum(nn.Module):
@@ -30,8 +32,8 @@ class FusedDeconvCropSum(nn.Module):
         """The weight to run and its groups: the diagonal as C x 1 x k x k when exactly diagonal."""
         d = self.deconv[0]
         w = d.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device, w.requires_grad)
-        if key != self._cache_key:
+        key = (version_counter(w), w.data_ptr(), w.dtype, w.device, w.requires_grad)
+        if key != self._cache_key or key[0] is None:  # no version counter: no cache
             self._cache_key, self._cache = key, d.is_diagonal()
         # depthwise only when no gradient for the full C x C weight is wanted (lr_mult 0, or no_grad)
         if self._cache and not (w.requires_grad and torch.is_grad_enabled()):
@@ -76,10 +78,16 @@ def _readers(steps, blob, start):
     return out
 
 
+def fuse(net, enabled=True, impl="ext"):
+    """Install the layer plan of `net` with its upsampling paths fused (enabled=False: unfused);
+    returns the net. Parameters and results are unchanged; the fused-away blobs are not produced."""
+    steps = layer_steps(net)
+    net.set_plan(fused_plan(steps, impl) if enabled else steps)
+    return net
+
+
 def fused_plan(steps, impl="ext"):
     """The steps with every fusable upsampling path replaced by one fused step."""
-    from .net import Step
-
     steps = list(steps)
     i = 0
     while i < len(steps):

@@ -224,6 +224,12 @@ class Convolution(_ConvBase):
     def weight_shape(self):
         return (self.num_output, self.channels // self.group) + self.kernel
 
+    def output_shape(self, x_shape):
+        """The top's shape for a bottom of shape x_shape (N x C x H x W)."""
+        size = [(x_shape[2 + i] + 2 * self.pad[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) // self.stride[i] + 1
+                for i in range(2)]
+        return (x_shape[0], self.num_output, *size)
+
     def forward(self, x):
         self._check_input(x)
         return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group),)

@@ -6,22 +6,16 @@ name holds the last writer's value, as in Caffe. Modules are registered under th
 bottoms, are the net's inputs: the caller passes their tops by name.
 """
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from . import fast, fusion
 from . import layers as L
+from .caffe import caffemodel
 from .caffe.spec import NetSpec
 from .errors import CaffemodelError, NetError
-
-class Step(NamedTuple):
-    """One unit of forward(): a layer's module, or a fused group, with the blobs it reads and writes."""
-    name: str
-    bottom: list
-    top: list
-    module: nn.Module
-
+from .plan import layer_steps, with_frees
 
 # Channel counts assumed for the tops of a Python data layer, which declares no shapes.
 _ONE_CHANNEL_TOPS = ("label", "sem", "geo", "depth")
@@ -38,8 +32,7 @@ class CaffeNet(nn.Module):
         self.loss_weights = {}  # top name -> loss weight
         self._modules_by_layer = {}
         self._build(dict(input_shapes or {}))
-        self.set_plan([Step(spec.name, spec.bottom, spec.top, self._modules_by_layer[spec.name])
-                       for spec in self.spec.layers])
+        self.set_plan(layer_steps(self))
         self.train(phase == "train")
         if weights is not None:
             self.load_caffemodel(weights)
@@ -77,19 +70,9 @@ class CaffeNet(nn.Module):
         self.blob_shapes = shapes  # at the declared input sizes
 
     def set_plan(self, steps):
-        """The steps forward() runs (the layers, or fused groups of them), and for each step the
-        blobs it reads last (outputs excepted): freed after it unless every blob is asked for,
-        so an inference forward holds only live activations."""
-        last = {}
-        for i, step in enumerate(steps):
-            for b in step.bottom:
-                last[b] = i
-        keep = set(self.outputs)
-        frees = [[] for _ in steps]
-        for blob, i in last.items():
-            if blob not in keep and blob not in steps[i].top:
-                frees[i].append(blob)
-        self._plan = [(step, tuple(f)) for step, f in zip(steps, frees)]
+        """The steps forward() runs (plan.Step: the layers, or fused groups of them); each blob is
+        freed after its last reader unless every blob is asked for (plan.with_frees)."""
+        self._plan = with_frees(steps, set(self.outputs))
 
     @property
     def plan(self):
@@ -222,8 +205,6 @@ class CaffeNet(nn.Module):
         differ, e.g. legacy 4-D or fc->conv); strict=True raises on any mismatch, strict=False
         returns (missing: net layers without weights, unexpected: file layers the net lacks).
         """
-        from .caffe import caffemodel
-
         path = str(source) if isinstance(source, (str, Path)) else None
         blobs = caffemodel.read(source) if path else source
         plan, missing, unexpected = [], [], []
@@ -257,8 +238,6 @@ class CaffeNet(nn.Module):
 
     def save_caffemodel(self, path):
         """Write the parameters as a V2 .caffemodel Caffe can read."""
-        from .caffe import caffemodel
-
         layers = {}
         for name, module in self._modules_by_layer.items():
             blobs = module.blobs()
@@ -267,21 +246,12 @@ class CaffeNet(nn.Module):
         caffemodel.write(path, layers, name=self.spec.name)
 
     def fuse(self, enabled=True, impl="ext"):
-        """Route Deconvolution -> Crop (-> Eltwise SUM) through ops.deconv_crop_sum (see fusion.py).
-        Parameters and results are unchanged; the fused-away intermediate blobs are not produced."""
-        from .fusion import fused_plan
-
-        steps = [Step(spec.name, spec.bottom, spec.top, self._modules_by_layer[spec.name])
-                 for spec in self.spec.layers]
-        self.set_plan(fused_plan(steps, impl) if enabled else steps)
-        return self
+        """fusion.fuse(self, ...): Deconvolution -> Crop (-> Eltwise SUM) through ops.deconv_crop_sum."""
+        return fusion.fuse(self, enabled, impl)
 
     def to_prototxt(self):
         return self.spec.to_prototxt()
 
     def optimize(self, **kw):
-        """Install the fast inference plan (fast.optimize: oneDNN conv+ReLU, prepacked weights,
-        channels_last, the fused skip op); returns the net. See fcn_caffe_repro/fast.py."""
-        from .fast import optimize
-
-        return optimize(self, **kw)
+        """fast.optimize(self, ...): the fast inference plan (see fcn_caffe_repro/fast/)."""
+        return fast.optimize(self, **kw)

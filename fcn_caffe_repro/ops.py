@@ -19,7 +19,7 @@ try:
 except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
-__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available"]
+__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem"]
 
 _BUILD_HINT = ("build it from the repository root with "
                "`pip install --no-build-isolation --no-deps -e .`")
@@ -28,6 +28,11 @@ _BUILD_HINT = ("build it from the repository root with "
 def extension_available() -> bool:
     """Whether the compiled extension fcn_caffe_repro._C loaded (and registered its ops)."""
     return _IMPORT_ERROR is None
+
+
+def extension_problem() -> str:
+    """Why the extension is unavailable and how to build it, for an error message."""
+    return f"the C++ extension fcn_caffe_repro._C is not built ({_IMPORT_ERROR}); {_BUILD_HINT}"
 
 
 def _pair(v, name):
@@ -74,8 +79,7 @@ def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip
     if impl != "ext":
         raise ValueError(f"deconv_crop_sum: impl must be 'ext' or 'torch', got {impl!r}")
     if not extension_available():
-        raise RuntimeError(f"deconv_crop_sum: the C++ extension fcn_caffe_repro._C is not available "
-                           f"({_IMPORT_ERROR}); {_BUILD_HINT}, or pass impl='torch'")
+        raise RuntimeError(f"deconv_crop_sum: {extension_problem()}, or pass impl='torch'")
     return torch.ops.fcn_caffe_repro.deconv_crop_sum(x, weight, list(stride), list(offset), list(size),
                                                      skip, list(skip_offset), groups)
 

@@ -1,6 +1,9 @@
-"""The fast inference mode (fast.py): Caffe parity, the fast path actually taken, weights changed
+"""The fast inference mode (fast/): Caffe parity, the fast path actually taken, weights changed
 after optimize(), training through it, and clear errors for paths that cannot be had."""
 import weakref
+
+import importlib
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import CAFFE_REF, rel_err
 import fcn_caffe_repro as fcr
-from fcn_caffe_repro import fast, ops
+from fcn_caffe_repro import fast, ops, torch_private
 from fcn_caffe_repro.errors import NetError
 
 NETS = sorted(p.name for p in (CAFFE_REF / "nets").iterdir() if p.is_dir())
@@ -210,7 +213,7 @@ def test_unavailable_paths_raise(monkeypatch):
     with pytest.raises(NetError, match="conv='gemm' needs group 1") as e:
         net.optimize(conv="gemm")
     assert e.value.layer == "conv2"
-    monkeypatch.setattr(fast, "mkldnn_available", lambda: False)
+    monkeypatch.setattr(fast.onednn, "available", lambda: False)
     with pytest.raises(NetError, match="oneDNN .* not available"):
         net.optimize()
     net.optimize(conv="torch")  # asks for nothing oneDNN gives
@@ -239,3 +242,29 @@ def test_enabled_false_restores_every_blob():
     assert fast.calls(net) == {}
     with torch.no_grad():
         assert set(ref.files) <= set(net(return_blobs=True, **inputs))
+
+
+@pytest.fixture
+def torch_without_reorder(monkeypatch):
+    """torch_private reloaded on a torch that lacks the oneDNN weight reorder; reloaded back after."""
+    monkeypatch.delattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+    importlib.reload(torch_private)
+    yield
+    monkeypatch.undo()
+    importlib.reload(torch_private)
+    assert not torch_private.MISSING
+
+
+def test_missing_private_api_is_one_clear_error(torch_without_reorder):
+    net, ref, inputs = load("voc-fcn8s")
+    assert torch_private.MISSING == {torch_private.REORDER_WEIGHT}
+    with pytest.raises(NetError, match=re.escape(f"optimize(conv='auto') needs private PyTorch APIs that torch "
+                                                  f"{torch.__version__} does not have: "
+                                                  f"torch._C._nn.mkldnn_reorder_conv2d_weight; pass conv='torch'")):
+        net.optimize()
+    with torch.no_grad():
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))  # the plain path runs
+        net.fuse()
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
+        net.optimize(conv="torch")  # asks for nothing private
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))

@@ -3,6 +3,7 @@ re-implementation, lr policies, iter_size, lr_mult 0, snapshots (atomic, bit-exa
 after a SIGKILL) and the non-finite-loss guard."""
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from fcn_caffe_repro.caffe import caffemodel
 from fcn_caffe_repro.caffe.spec import L, NetBuilder, crop, max_pool
 from fcn_caffe_repro.errors import CaffeError, PrototxtError
 from fcn_caffe_repro.net import CaffeNet
-from fcn_caffe_repro.solver import (NonFiniteLoss, SGDSolver, SnapshotError, learning_rate,
-                                    load_snapshot)
+from fcn_caffe_repro.solver import (NonFiniteLoss, SGDSolver, SnapshotError, atomic_save, learning_rate,
+                                    load_snapshot, seed_everything)
 
 FIXTURE = CAFFE_REF / "solver-voc-fcn32s"
 TOL = 1e-4  # the caffe-ref README's parameter tolerance
@@ -326,9 +327,38 @@ def test_resume_is_bit_exact_with_dropout(tmp_path):
         no_rng.step(**tiny_batch(i))
     assert not torch.equal(no_rng.net.fc.weight, straight.net.fc.weight)
     # the snapshot alone rebuilds net and solver
-    rebuilt = SGDSolver.restore(path)  # on the class: SGDSolver.from_snapshot
+    rebuilt = SGDSolver.from_snapshot(path)
     assert rebuilt.iter == 3 and rebuilt.params["momentum"] == 0.9
     assert torch.equal(rebuilt.history[0], load_snapshot(path)["history"]["conv1/0"])
+
+
+def test_snapshot_from_another_process_count_keeps_the_generators(tmp_path):
+    """A snapshot of two processes restored in one: weights and iteration come back, the RNG states
+    do not, and the warning names the caller of restore."""
+    solver = SGDSolver(tiny_net(), **SOLVER)
+    solver.step(**tiny_batch(0))
+    state = load_snapshot(solver.snapshot(tmp_path / "s.pt"))
+    state["rng"] = state["rng"] * 2
+    atomic_save(state, tmp_path / "two.pt")
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    with pytest.warns(UserWarning, match="2 process.*resuming with 1") as record:
+        resumed = SGDSolver(tiny_net(seed=5), **SOLVER).restore(tmp_path / "two.pt")
+    assert record[0].filename == __file__
+    assert resumed.iter == 1 and torch.equal(resumed.net.fc.weight, solver.net.fc.weight)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_seed_everything_adds_the_rank():
+    def draws():
+        return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+    seed_everything(7, rank=2)
+    seed_plus_rank = draws()
+    seed_everything(9)  # outside torch.distributed this process is rank 0
+    assert draws() == seed_plus_rank
+    seed_everything(9, rank=0)
+    assert draws() == seed_plus_rank
 
 
 CHILD = textwrap.dedent("""

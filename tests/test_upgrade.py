@@ -8,7 +8,8 @@ import pytest
 
 from fcn_caffe_repro.caffe import prototxt
 from fcn_caffe_repro.caffe.spec import NetSpec
-from fcn_caffe_repro.caffe.upgrade import V1_TYPES, upgrade_net
+from fcn_caffe_repro.caffe.proto import V1_TYPES
+from fcn_caffe_repro.caffe.upgrade import upgrade_net
 from fcn_caffe_repro.errors import PrototxtError
 
 ROOT = Path(__file__).resolve().parents[1]

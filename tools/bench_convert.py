@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _bench_common import reset_peak, status_bytes  # noqa: E402  (tools/)
 from fcn_caffe_repro.caffe import caffemodel  # noqa: E402
 
 C = 21
@@ -68,32 +69,16 @@ def write_model(path):
     return seconds
 
 
-def _status_kb(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak():
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so each stage's peak is its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(path):
     """Run in a fresh process: time read, convert and a first pass; peak RSS in MiB per stage."""
     import torch
 
-    mb = 1 / 1024
-    out = {"baseline_rss_mb": _status_kb("VmRSS") * mb, "peak_reset": _reset_peak()}
+    mb = 1 / 2**20
+    out = {"baseline_rss_mb": status_bytes("VmRSS") * mb, "peak_reset": reset_peak()}
     start = time.perf_counter()
     layers = caffemodel.read(path)
     out["read_s"] = time.perf_counter() - start
-    out["read_peak_mb"] = _status_kb("VmHWM") * mb
+    out["read_peak_mb"] = status_bytes("VmHWM") * mb
 
     start = time.perf_counter()
     state = {}
@@ -101,7 +86,7 @@ def measure(path):
         for suffix, blob in zip(("weight", "bias"), blobs):
             state[f"{name}.{suffix}"] = torch.from_numpy(blob)
     out["convert_s"] = time.perf_counter() - start
-    out["convert_peak_mb"] = _status_kb("VmHWM") * mb
+    out["convert_peak_mb"] = status_bytes("VmHWM") * mb
     out["zero_copy"] = sum(state[f"{n}.{s}"].data_ptr() == b.ctypes.data
                            for n, blobs in layers.items() for s, b in zip(("weight", "bias"), blobs))
     out["tensors"] = len(state)
@@ -110,7 +95,7 @@ def measure(path):
     start = time.perf_counter()
     checksum = sum(float(t.sum()) for t in state.values())  # reads every element, allocates nothing big
     out["first_pass_s"] = time.perf_counter() - start
-    out["first_pass_peak_mb"] = _status_kb("VmHWM") * mb
+    out["first_pass_peak_mb"] = status_bytes("VmHWM") * mb
     out["checksum"] = checksum
     return out
 

@@ -33,8 +33,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _bench_common import reset_peak, status_bytes, write_json  # tools/
 from bench_net import build  # tools/: the full-width net with random weights
 from fcn_caffe_repro import ops
+from fcn_caffe_repro.layers import bilinear_kernel
 
 METHODS = ("fused", "caffe", "plain", "interp")
 # --keep-freed-memory: glibc malloc keeps freed memory and serves blocks up to 1 GiB from its heap
@@ -63,22 +65,13 @@ def fcn8s_head_calls(size=500, classes=21):
     ]
 
 
-def bilinear_kernel(k):
-    """Caffe/FCN's bilinear upsampling filter (surgery.upsample_filt)."""
-    factor = (k + 1) // 2
-    center = factor - 1 if k % 2 == 1 else factor - 0.5
-    r = torch.arange(k, dtype=torch.float64)
-    f = 1 - (r - center).abs() / factor
-    return (f[:, None] * f[None, :]).float()
-
-
 def make_inputs(call, batch, classes, device, grad):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, classes, call["x"], call["x"], generator=g).to(device)
     skip = None
     if call["skip"] is not None:
         skip = torch.randn(batch, classes, call["skip"], call["skip"], generator=g).to(device)
-    filt = bilinear_kernel(call["k"]).to(device)
+    filt = torch.from_numpy(bilinear_kernel(call["k"])).to(device)
     w_dw = filt.expand(classes, 1, -1, -1).contiguous()
     w_full = torch.zeros(classes, classes, call["k"], call["k"], device=device)
     w_full[range(classes), range(classes)] = filt
@@ -196,22 +189,14 @@ def peak_memory_cuda(fn):
     return torch.cuda.max_memory_allocated() - base
 
 
-def _status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_cpu_here(fn):
     """Rise of peak RSS over one call (Linux; needs malloc to unmap freed blocks, see main)."""
     fn()
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset the peak RSS to the current RSS
-    base = _status("VmRSS")
+    if not reset_peak():
+        raise OSError("cannot reset the peak RSS (/proc/self/clear_refs)")
+    base = status_bytes("VmRSS")
     fn()
-    return _status("VmHWM") - base
+    return status_bytes("VmHWM") - base
 
 
 def peak_memory_cpu(batches):
@@ -374,9 +359,7 @@ def main(argv=None):
                 rounds=args.rounds, copy_gbs=copy_gbs, thp_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"),
                 heap="kept" if args.keep_freed_memory else "system", command=" ".join(["python", "tools/bench_fused.py", *sys.argv[1:]]))
     path = args.json or os.path.join("bench", f"bench_fused_{args.device}.json")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(dict(meta=meta, rows=rows, whole_net=whole, table=table), fh, indent=1)
+    write_json(path, dict(meta=meta, rows=rows, whole_net=whole, table=table))
     print(f"\nwrote {path}", file=sys.stderr)
 
 

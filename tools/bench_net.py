@@ -1,4 +1,4 @@
-"""Benchmark whole FCN nets: the plain path against the fast mode (fcn_caffe_repro/fast.py).
+"""Benchmark whole FCN nets: the plain path against the fast mode (fcn_caffe_repro/fast/).
 
 For each net (full width, random He-scaled weights, bilinear `up` layers via surgery.interp so the
 fused skip op runs depthwise), batch, pass (forward under no_grad; forward+backward of the train
@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's package, not an installed copy
+from _bench_common import reset_peak, status_bytes, write_json  # noqa: E402  (tools/)
 
 NETS = ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "voc-fcn-alexnet")
 PATHS = ("plain", "fast")
@@ -50,24 +51,6 @@ MEMORY_FACTOR = 2.0
 
 
 # --- the worker: one configuration in a fresh process ------------------------------------------------
-def _status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak():
-    """Reset VmHWM to the current RSS (Linux clear_refs 5); False where not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def build(name, phase, batch, size, device, seed=0):
     """A full-width net with random He-scaled convolutions and bilinear upsampling layers."""
     import fcn_caffe_repro as fcr
@@ -105,7 +88,7 @@ def worker(cfg):
     from fcn_caffe_repro import fast
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    rss_import = _status("VmRSS") if device == "cpu" else 0
+    rss_import = status_bytes("VmRSS") if device == "cpu" else 0
     backward = cfg["pass"] == "fwd+bwd"
     net, inputs = build(cfg["net"], "train" if backward else "deploy", cfg["batch"], cfg["size"], device)
     cost = fcr.flops(net, {k: tuple(v.shape) for k, v in inputs.items()})
@@ -114,7 +97,7 @@ def worker(cfg):
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
     if cfg["path"] == "fast":
         net.optimize(**({"conv": "torch"} if device == "cuda" else {}))
-    rss_built = _status("VmRSS") if device == "cpu" else 0
+    rss_built = status_bytes("VmRSS") if device == "cpu" else 0
     mm = mm_rate(device, repeats=3)  # this process, these conditions: the roofline of this row
 
     def run():
@@ -130,7 +113,7 @@ def worker(cfg):
         run()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    reset = _reset_peak() if device == "cpu" else True
+    reset = reset_peak() if device == "cpu" else True
     times = []
     for _ in range(cfg["repeats"]):
         t = time.perf_counter()
@@ -139,7 +122,7 @@ def worker(cfg):
     if device == "cuda":
         peak, net_mem = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_allocated()
     else:
-        peak = _status("VmHWM")
+        peak = status_bytes("VmHWM")
         net_mem = peak - rss_import
     paths = sorted({p for _, p in fast.describe(net)})
     calls = fast.calls(net)
@@ -312,9 +295,7 @@ def main(argv=None):
     print()
     print(summary)
     path = args.json or os.path.join("bench", f"bench_net_{args.device}.json")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(dict(meta=meta, rows=rows, table=table, checks=summary), fh, indent=1)
+    write_json(path, dict(meta=meta, rows=rows, table=table, checks=summary))
     print(f"\nwrote {path} in {meta['wall_s']:.0f} s", file=sys.stderr)
 
 

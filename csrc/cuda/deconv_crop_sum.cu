@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -185,7 +186,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cuda(
     if (small) launch_grad_weight<int32_t>(g, xc, gc, gw);
     else launch_grad_weight<int64_t>(g, xc, gc, gw);
   }
-  if (output_mask[2]) gs = grad_skip(grad, skip_size, skip_offset);
+  if (output_mask[2]) {  // the skip's gradient: zeros with grad at the crop window
+    gs = at::zeros(skip_size, grad.options());
+    gs.narrow(2, skip_offset[0], grad.size(2)).narrow(3, skip_offset[1], grad.size(3)).copy_(grad);
+  }
   return backward_result(gx, gw, gs, x);
 }
 

@@ -36,19 +36,8 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import CaffemodelError
 from . import wire
+from .proto import V2_TYPE_BY_NUMBER
 from .wire import I32, I64, LEN, VARINT, WireReader
-
-# V1LayerParameter.LayerType -> V2 type string (upgrade_proto.cpp, UpgradeV1LayerType).
-V1_LAYER_TYPES = {
-    0: "", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL", 3: "Concat", 37: "ContrastiveLoss",
-    4: "Convolution", 39: "Deconvolution", 5: "Data", 6: "Dropout", 32: "DummyData",
-    7: "EuclideanLoss", 25: "Eltwise", 38: "Exp", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output",
-    28: "HingeLoss", 11: "Im2col", 12: "ImageData", 13: "InfogainLoss", 14: "InnerProduct",
-    15: "LRN", 29: "MemoryData", 16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling",
-    26: "Power", 18: "ReLU", 19: "Sigmoid", 27: "SigmoidCrossEntropyLoss", 36: "Silence",
-    20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 33: "Slice", 23: "TanH", 24: "WindowData",
-    31: "Threshold",
-}
 
 # Field numbers (caffe.proto).
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
@@ -148,7 +137,7 @@ class _Parser:
                 name = r.string(f, "layer name")
             elif f.number == V1_TYPE:
                 r.expect(f, VARINT, "V1LayerParameter.type")
-                ltype = V1_LAYER_TYPES.get(wire.as_int32(f.value), "")
+                ltype = V2_TYPE_BY_NUMBER.get(wire.as_int32(f.value), "")
             elif f.number == V1_BLOBS:
                 blob_fields.append(f)
             elif f.number == V1_V0LAYER:

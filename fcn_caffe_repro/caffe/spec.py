@@ -58,9 +58,6 @@ class LayerSpec:
         field = PARAM_FIELDS.get(self.type)
         return self.msg.msg(field) if field else Message(file=self.msg.file, line=self.msg.line)
 
-    def sub(self, field):
-        return self.msg.msg(field)
-
     def lr_mults(self):
         """(lr_mult, decay_mult) per parameter blob index, Caffe's defaults 1 and 1."""
         return [(p.get_float("lr_mult", 1.0), p.get_float("decay_mult", 1.0)) for p in self.param_specs]
@@ -292,11 +289,18 @@ def _emit(fn, state):
 
 
 # --- helpers that read like the reference net.py files -----------------------------------------
-def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=None):
-    """Convolution + in-place ReLU with the FCN param specs (lr 1/2, decay 1/0)."""
-    extra = {"group": group} if group else {}
-    conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout, pad=pad, **extra,
-                         param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)])
+FCN_PARAM = (dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0))  # weights, bias
+
+
+def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=None, param=FCN_PARAM):
+    """Convolution + in-place ReLU. The fields print in the order kernel_size, stride, num_output,
+    pad, group; a field given as None is left out; `param` is the blobs' lr/decay specs (FCN's
+    lr 1/2, decay 1/0 by default; None: none)."""
+    fields = dict(kernel_size=ks, stride=stride, num_output=nout, pad=pad, group=group)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if param is not None:
+        fields["param"] = [dict(p) for p in param]
+    conv = L.Convolution(bottom, **fields)
     return conv, L.ReLU(conv, in_place=True)
 
 

@@ -4,13 +4,12 @@
 to convolutions with Dropout); `modality` suffixes every name, as nyud-fcn32s-color-hha's
 `modality_fcn` does. `div` divides every width (the shrunken nets of tests/fixtures/caffe-ref).
 """
+from functools import partial
+
 from ..caffe.spec import L, NetBuilder, conv_relu, max_pool
 
-
-def _plain_conv_relu(bottom, nout, pad=1):
-    """The classifier's convolution: no param specs, default stride (as in VGG's deploy file)."""
-    conv = L.Convolution(bottom, num_output=nout, pad=pad, kernel_size=3)
-    return conv, L.ReLU(conv, in_place=True)
+# The classifier's convolution: no param specs, default stride (as in VGG's deploy file).
+_plain_conv_relu = partial(conv_relu, stride=None, param=None)
 
 
 def convs(n, data, div=1, modality="", conv=conv_relu, pad1=100, conv1_1="conv1_1"):

@@ -1,4 +1,5 @@
-// Validation of deconv_crop_sum's arguments, shared by the CPU and CUDA kernels.
+// The device-independent host side of deconv_crop_sum (deconv_crop_sum.h): argument validation into
+// a Geometry, the backward's result tuple and the 32-bit index check, for the CPU and CUDA entry points.
 #include "deconv_crop_sum.h"
 
 #include <ATen/ATen.h>
@@ -108,12 +109,6 @@ Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Te
     check_skip_extent(g, skip_size, skip_offset);
   }
   return g;
-}
-
-at::Tensor grad_skip(const at::Tensor& grad, at::IntArrayRef skip_size, at::IntArrayRef skip_offset) {
-  at::Tensor out = at::zeros(skip_size, grad.options());
-  out.narrow(2, skip_offset[0], grad.size(2)).narrow(3, skip_offset[1], grad.size(3)).copy_(grad);
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_result(at::Tensor gx, at::Tensor gw, at::Tensor gs,

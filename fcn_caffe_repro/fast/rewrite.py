@@ -1,0 +1,87 @@
+"""The fast-mode pass: optimize(net) rewrites the net's layer steps into fast steps and installs them."""
+from . import onednn
+from .conv import IMPLS, FastConv, auto_impl
+from .lrn import FastLRN
+from .pool import BufferPool
+from .. import layers as L
+from .. import ops, torch_private
+from ..errors import NetError
+from ..fusion import fused_plan
+from ..plan import Step, layer_steps
+
+CONV_IMPLS = ("auto",) + IMPLS
+SKIP_IMPLS = ("ext", "torch", None)
+MEMORY_FORMATS = ("channels_last", "contiguous")
+TRAIN_MODES = ("autograd", "error")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise NetError(f"optimize(): {name} must be one of {choices}, got {value!r}")
+
+
+def fast_steps(steps, conv, memory_format, train, pool):
+    """Each Convolution (with the in-place ReLU right after it) and each cross-channel LRN as a fast step."""
+    out, i = [], 0
+    while i < len(steps):
+        s = steps[i]
+        if isinstance(s.module, L.LRN) and s.module.region == "ACROSS_CHANNELS":
+            out.append(Step(s.name, s.bottom, s.top, FastLRN(s.module)))
+            i += 1
+            continue
+        if not isinstance(s.module, L.Convolution):
+            out.append(s)
+            i += 1
+            continue
+        impl = auto_impl(s.module) if conv == "auto" else conv
+        if impl == "gemm" and s.module.group != 1:
+            raise NetError(f"conv='gemm' needs group 1, this layer has group {s.module.group}", layer=s.name)
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if (nxt is not None and isinstance(nxt.module, L.ReLU) and len(s.top) == 1
+                and nxt.bottom == s.top and nxt.top == s.top):
+            module = FastConv(s.module, nxt.module.negative_slope, impl, memory_format, train, pool)
+            out.append(Step(f"{s.name}+{nxt.name}", s.bottom, s.top, module))
+            i += 2
+        else:
+            out.append(Step(s.name, s.bottom, s.top, FastConv(s.module, None, impl, memory_format, train, pool)))
+            i += 1
+    return out
+
+
+def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train="autograd", buffers=2,
+             enabled=True):
+    """Install the fast plan on `net` (in place) and return it; enabled=False restores the plain plan.
+
+    conv: "auto" (per layer, see conv.auto_impl), "mkldnn", "gemm" or "torch" (F.conv2d, still fused
+    with its ReLU); skip: the fused upsampling op's impl, "ext", "torch", or None (not fused);
+    memory_format of the activations; train: "autograd" or "error" (see the package docstring);
+    buffers: how many output buffers the oneDNN steps share and reuse (BufferPool; 0: none).
+    """
+    steps = layer_steps(net)
+    if not enabled:
+        net.set_plan(steps)
+        return net
+    _check_choice("conv", conv, CONV_IMPLS)
+    _check_choice("skip", skip, SKIP_IMPLS)
+    _check_choice("memory_format", memory_format, MEMORY_FORMATS)
+    _check_choice("train", train, TRAIN_MODES)
+    if not isinstance(buffers, int) or isinstance(buffers, bool) or buffers < 0:
+        raise NetError(f"optimize(): buffers must be a non-negative integer, got {buffers!r}")
+    if skip == "ext" and not ops.extension_available():
+        raise NetError(f"optimize(skip='ext'): {ops.extension_problem()}, or pass skip='torch' or None")
+    if skip is not None:
+        steps = fused_plan(steps, skip)
+    pool = BufferPool(buffers) if buffers else None
+    steps = fast_steps(steps, conv, memory_format, train, pool)
+    packed = [s.module for s in steps if isinstance(s.module, FastConv) and s.module.impl == "mkldnn"]
+    if packed:
+        if not onednn.available():
+            raise NetError(f"optimize(conv={conv!r}): oneDNN (torch.backends.mkldnn) is not available in this "
+                           f"torch build; pass conv='torch' or 'gemm'")
+        torch_private.require(torch_private.ONEDNN, f"optimize(conv={conv!r})", "pass conv='torch' or 'gemm'")
+        if pool is not None:
+            torch_private.require(torch_private.BUFFERS, f"optimize(buffers={buffers})", "pass buffers=0")
+    for module in packed:  # up front: the memory is claimed and bad dtypes/devices raise here
+        module.pack()
+    net.set_plan(steps)
+    return net

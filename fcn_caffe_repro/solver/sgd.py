@@ -1,0 +1,236 @@
+"""Caffe's SGDSolver: the same update, learning-rate policies and gradient accumulation.
+
+One iteration (Caffe's Solver::Step + SGDSolver::ApplyUpdate), per learnable blob w with
+multipliers (lr_mult, decay_mult):
+
+    diff  = sum of the gradients of the iter_size forward/backward passes   (ClearParamDiffs first)
+    [gradient hooks, e.g. the multi-process average of distributed.py]       (on_gradients_ready)
+    diff *= clip_gradients / ||diff||   if clip_gradients >= 0 and the global L2 norm exceeds it
+    diff /= iter_size                                                        (Normalize)
+    diff += weight_decay * decay_mult * w        (L2; sign(w) for "L1")      (Regularize)
+    v     = momentum * v + rate * lr_mult * diff                              (ComputeUpdateValue)
+    w    -= v                                                                 (Net::Update)
+
+Blobs with lr_mult 0 get no gradient (Caffe sets param_propagate_down false for them) and are
+never touched, weight decay included. The loss returned by `step` is the mean over the iter_size
+passes, as Caffe reports it.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..caffe.spec import NetSpec
+from ..errors import CaffeError
+from ..net import CaffeNet
+from .params import DEFAULTS, check_params, defaults, learning_rate, read_solver_prototxt
+from .rng import seed_everything
+from .snapshot import export_caffemodel, load_snapshot, restore_solver, save_solver, solver_state
+
+
+class NonFiniteLoss(CaffeError, FloatingPointError):
+    """The loss or a gradient is NaN or infinite: the update was not applied."""
+
+    def __init__(self, message, iteration=None, loss=None, snapshot=None):
+        self.iteration, self.loss, self.snapshot = iteration, loss, snapshot
+        keep = f"; the last good snapshot is {snapshot}" if snapshot else "; no snapshot was written yet"
+        super().__init__(f"iteration {iteration}: {message}; weights not updated{keep}")
+
+
+class SGDSolver:
+    """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
+    weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
+    Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone)."""
+
+    def __init__(self, net, **params):
+        unknown = [k for k in params if k not in DEFAULTS]
+        if unknown:
+            raise CaffeError(f"unknown solver parameter(s) {unknown}")
+        self.params = defaults()
+        self.params.update(params)
+        check_params(self.params)
+        self.net = net
+        self.iter = 0
+        self.gradient_hooks = []  # f(solver, loss) -> loss, run once the gradients are summed
+        self.last_snapshot = None
+        self._losses, self.smoothed_loss, self._start_iter = [], 0.0, 0
+        if self.params["random_seed"] >= 0:
+            seed_everything(self.params["random_seed"])
+        self.learnable = self._learnable_blobs(net)
+        self.history = [torch.zeros_like(p, memory_format=torch.contiguous_format)
+                        for _, _, p, _, _ in self.learnable]
+
+    @staticmethod
+    def _learnable_blobs(net):
+        """[(layer, blob index, tensor, lr_mult, decay_mult)] of blobs with lr_mult != 0; the
+        others stop receiving gradients, as in Caffe."""
+        out, seen = [], set()
+        for layer, module in net.layer_modules():
+            for i, (blob, (lr_mult, decay_mult)) in enumerate(zip(module.blobs(), module.lr_mults)):
+                if id(blob) in seen:
+                    continue
+                seen.add(id(blob))
+                if lr_mult == 0:
+                    blob.requires_grad_(False)
+                    continue
+                blob.requires_grad_(True)
+                out.append((layer, i, blob, float(lr_mult), float(decay_mult)))
+        return out
+
+    @classmethod
+    def from_prototxt(cls, path, net=None, weights=None):
+        """A solver from a Caffe solver file. Without `net`, the train net named by the file
+        (train_net / net, relative to the solver's folder) is built in the TRAIN phase, after
+        seeding with random_seed as Caffe does. `weights`: a .caffemodel to load into it; without
+        it, the file's own `weights` entries (if any) are loaded in order, as Caffe does."""
+        params, source, msg = read_solver_prototxt(path)
+        check_params(params)
+        if net is None:
+            if params["random_seed"] >= 0:
+                seed_everything(params["random_seed"])
+            spec = (NetSpec.from_prototxt(source[1]) if source[0] == "path"
+                    else NetSpec.from_message(source[1], file=str(path)))
+            net = CaffeNet(spec, phase="train")
+        if weights is not None:
+            net.load_caffemodel(weights)
+        else:
+            for w in msg.getall("weights"):
+                w = Path(str(w))
+                net.load_caffemodel(w if w.is_absolute() else Path(path).parent / w, strict=False)
+        return cls(net, **params)
+
+    @classmethod
+    def from_snapshot(cls, path, net=None):
+        """A solver rebuilt from a snapshot alone: its solver parameters, and its train net from
+        the stored prototxt unless `net` is given; then restored from it."""
+        state = load_snapshot(path)
+        if net is None:
+            net = CaffeNet(state["net"], phase=state["phase"])
+        params = {k: v for k, v in state["params"].items() if k in DEFAULTS}
+        params["random_seed"] = -1  # the RNG states come from the snapshot
+        solver = cls(net, **params)
+        solver.params["random_seed"] = state["params"].get("random_seed", -1)
+        return solver.restore(path)
+
+    # --- the iteration ---------------------------------------------------------------------------
+    def lr(self, it=None):
+        """The learning rate of the update at iteration `it` (default: the next one)."""
+        return learning_rate(self.params, self.iter if it is None else it)
+
+    def step(self, batches=None, **inputs):
+        """One Caffe iteration. With iter_size 1: `step(data=..., label=...)`. With iter_size n:
+        `step([inputs_1, ..., inputs_n])`, one dict of net inputs per forward/backward pass (a
+        list of one dict also works for iter_size 1). Returns the loss, averaged over the passes."""
+        batches = self._batches(batches, inputs)
+        for _, _, p, _, _ in self.learnable:  # ClearParamDiffs
+            p.grad = None
+        loss = 0.0
+        for batch in batches:
+            objective = self.net.objective(self.net(return_blobs=True, **batch))
+            objective.backward()
+            loss += float(objective.detach())
+        loss /= len(batches)
+        for hook in self.gradient_hooks:
+            loss = hook(self, loss)
+        self._check_finite(loss)
+        self._apply_update()
+        self._update_smoothed_loss(loss)
+        return loss
+
+    def _batches(self, batches, inputs):
+        n = self.params["iter_size"]
+        if batches is None:
+            if n != 1:
+                raise CaffeError(f"iter_size is {n}: pass step([inputs_1, ..., inputs_{n}])")
+            return [inputs]
+        if inputs:
+            raise CaffeError("give either a list of input dicts or keyword inputs, not both")
+        batches = list(batches)
+        if len(batches) != n or not all(isinstance(b, dict) for b in batches):
+            raise CaffeError(f"step() needs a list of iter_size = {n} input dicts, got "
+                             f"{len(batches)} item(s)")
+        return batches
+
+    def _check_finite(self, loss):
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss}", self.iter, loss, self.last_snapshot)
+        grads = [p.grad for _, _, p, _, _ in self.learnable if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            bad = next((l, i) for l, i, p, _, _ in self.learnable
+                       if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
+            raise NonFiniteLoss(f"the loss is {loss} but the gradient of layer '{bad[0]}' blob "
+                                f"{bad[1]} is not finite", self.iter, loss, self.last_snapshot)
+
+    @torch.no_grad()
+    def _apply_update(self):
+        p = self.params
+        rate = self.lr()
+        self._clip_gradients()
+        norm = float(np.float32(1.0) / np.float32(p["iter_size"]))
+        momentum = float(np.float32(p["momentum"]))
+        for (_, _, w, lr_mult, decay_mult), v in zip(self.learnable, self.history):
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            diff = w.grad
+            if p["iter_size"] != 1:
+                diff.mul_(norm)
+            local_decay = float(np.float32(p["weight_decay"]) * np.float32(decay_mult))
+            if local_decay:
+                diff.add_(w if p["regularization_type"] == "L2" else torch.sign(w), alpha=local_decay)
+            local_rate = float(np.float32(rate) * np.float32(lr_mult))
+            v.mul_(momentum).add_(diff, alpha=local_rate)
+            w.sub_(v)
+        self.iter += 1
+
+    def _clip_gradients(self):
+        clip = self.params["clip_gradients"]
+        grads = [w.grad for _, _, w, _, _ in self.learnable if w.grad is not None]
+        if clip < 0 or not grads:
+            return
+        l2 = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        if l2 > clip:
+            torch._foreach_mul_(grads, clip / l2)
+
+    def _update_smoothed_loss(self, loss):
+        """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses."""
+        n = self.params["average_loss"]
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - 1 - self._start_iter) % n
+            self.smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    # --- snapshots (the format is snapshot.py's) -------------------------------------------------
+    def default_snapshot_path(self, suffix=".solverstate.pt"):
+        """Caffe's naming: {snapshot_prefix}_iter_{iter}{suffix}."""
+        return f"{self.params['snapshot_prefix'] or 'snapshot'}_iter_{self.iter}{suffix}"
+
+    def state_dict(self):
+        """Everything a resumed run needs: weights, momentum history, iteration, smoothed-loss
+        window and the RNG states (of every process when run distributed)."""
+        return solver_state(self)
+
+    def snapshot(self, path=None):
+        """Write the solver state to `path` atomically: an interrupted write leaves the previous
+        snapshot intact. Under torch.distributed every process must call it (RNG states are
+        gathered); process 0 writes. Returns the path."""
+        path = os.fspath(path or self.default_snapshot_path())
+        save_solver(self, path)
+        self.last_snapshot = path
+        return path
+
+    def restore(self, path):
+        """Resume from a snapshot of this net (weights, momentum history, iteration, smoothed
+        loss, RNG states; everything checked before anything is assigned). Returns self."""
+        restore_solver(self, path)
+        self.last_snapshot = os.fspath(path)
+        return self
+
+    def export_caffemodel(self, path):
+        """The current weights as a V2 .caffemodel Caffe can load (written atomically)."""
+        return export_caffemodel(self.net, path)

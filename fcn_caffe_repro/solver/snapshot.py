@@ -1,0 +1,126 @@
+"""The solver snapshot: one torch.save'd dict holding weights, momentum history, iteration,
+smoothed-loss window, solver parameters, the train net's prototxt and every process's RNG states.
+Written atomically; read with weights_only loading and checked before anything is assigned."""
+import os
+import warnings
+
+import torch
+
+from ..atomic import atomic_write
+from ..distributed import barrier, gather_to_root, is_root, rank_and_world
+from ..errors import CaffeError
+from .rng import rng_state, set_rng_state
+
+SNAPSHOT_FORMAT = "fcn_caffe_repro.solverstate/1"
+_KEYS = ("iter", "params", "net", "phase", "weights", "history", "losses", "smoothed_loss",
+         "start_iter", "rng")
+
+
+class SnapshotError(CaffeError, ValueError):
+    """A solver snapshot that cannot be read or does not fit the net."""
+
+    def __init__(self, message, file=None):
+        self.file, self.reason = file, message
+        super().__init__(f"{file}: {message}" if file else message)
+
+
+def atomic_save(obj, path):
+    """torch.save through atomic.atomic_write: a killed run never leaves a partial file."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def load_snapshot(path):
+    """Read and check a snapshot file (tensors and plain data only: weights_only loading)."""
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SnapshotError("no such snapshot file", path) from None
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise SnapshotError(f"cannot read snapshot ({type(e).__name__}: {e})", path) from None
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"not a solver snapshot of format {SNAPSHOT_FORMAT}", path)
+    missing = [k for k in _KEYS if k not in state]
+    if missing:
+        raise SnapshotError(f"snapshot lacks {missing}", path)
+    return state
+
+
+def solver_state(solver):
+    """The snapshot dict of an SGDSolver; under torch.distributed every process must call it (the
+    RNG states are gathered)."""
+    return {
+        "format": SNAPSHOT_FORMAT, "iter": solver.iter, "params": dict(solver.params),
+        "net": solver.net.to_prototxt(), "phase": solver.net.phase,
+        "weights": {f"{l}/{i}": w.detach().cpu().clone() for l, i, w in _all_blobs(solver.net)},
+        "history": {f"{l}/{i}": v.detach().cpu().clone()
+                    for (l, i, _, _, _), v in zip(solver.learnable, solver.history)},
+        "losses": list(solver._losses), "smoothed_loss": solver.smoothed_loss,
+        "start_iter": solver._start_iter,
+        "rng": gather_to_root(rng_state()),
+    }
+
+
+def save_solver(solver, path):
+    """Write the snapshot of `solver` to `path`: every process calls it, process 0 writes, and no
+    process returns before the file is there."""
+    state = solver_state(solver)
+    if is_root():
+        atomic_save(state, path)
+    barrier()
+
+
+def restore_solver(solver, path):
+    """Load snapshot `path` into `solver`, whose net must have the snapshot's blobs and shapes;
+    everything is checked before anything is assigned."""
+    state = load_snapshot(path)
+    blobs = list(_all_blobs(solver.net))
+    plan = []
+    for key, tensors, targets in (
+            ("weights", state["weights"], [(f"{l}/{i}", b) for l, i, b in blobs]),
+            ("history", state["history"], [(f"{l}/{i}", v) for (l, i, _, _, _), v
+                                           in zip(solver.learnable, solver.history)])):
+        names = {n for n, _ in targets}
+        if set(tensors) != names:
+            missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+            raise SnapshotError(f"{key} do not fit this net: missing {missing}, unexpected {extra}", path)
+        for name, target in targets:
+            t = tensors[name]
+            if not torch.is_tensor(t) or tuple(t.shape) != tuple(target.shape):
+                raise SnapshotError(f"{key} '{name}' has shape {tuple(getattr(t, 'shape', ()))}; "
+                                    f"the net has {tuple(target.shape)}", path)
+            plan.append((target, t))
+    rng = _this_process_rng(state["rng"], path)
+    with torch.no_grad():
+        for target, t in plan:
+            target.copy_(t)
+    solver.iter = int(state["iter"])
+    solver._losses = [float(x) for x in state["losses"]]
+    solver.smoothed_loss = float(state["smoothed_loss"])
+    solver._start_iter = int(state["start_iter"])
+    if rng is not None:
+        set_rng_state(rng)
+
+
+def export_caffemodel(net, path):
+    """The net's current weights as a V2 .caffemodel Caffe can load (written atomically)."""
+    net.save_caffemodel(path)
+    return os.fspath(path)
+
+
+def _all_blobs(net):
+    for layer, module in net.layer_modules():
+        for i, blob in enumerate(module.blobs()):
+            yield layer, i, blob
+
+
+def _this_process_rng(states, path):
+    """This process's RNG state from the gathered list; None (keep the current generators, with a
+    warning) when the snapshot came from a different number of processes."""
+    rank, world = rank_and_world()
+    if len(states) != world:
+        warnings.warn(f"{path}: snapshot taken with {len(states)} process(es), resuming with {world}: "
+                      "the RNG states are not restored, so the run is not bit-exact",
+                      stacklevel=4)  # the caller of SGDSolver.restore
+        return None
+    return states[rank]
