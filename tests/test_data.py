@@ -316,6 +316,39 @@ def test_siftflow_semantic_and_geometric_labels(tmp_path):
     assert e.value.file == str(tmp_path / "Images" / sub / "forest_for121.jpg")
 
 
+# ---------------------------------------------------------------- files(id)
+
+def opened_files(monkeypatch):
+    """The paths every image / .mat read goes through, as the loaders open them."""
+    opened, open_image, loadmat = [], Image.open, scipy.io.loadmat
+
+    def recording(read):
+        return lambda path, *a, **k: opened.append(str(path)) or read(path, *a, **k)
+
+    monkeypatch.setattr(Image, "open", recording(open_image))
+    monkeypatch.setattr(scipy.io, "loadmat", recording(loadmat))
+    return opened
+
+
+def test_files_names_exactly_what_getitem_reads(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    for top in ("images", "hha"):
+        write_png(tmp_path / "data" / top / "img_7.png", rand_rgb(rng, 5, 6))
+    write_png(tmp_path / "data" / "depth" / "img_7.png", rng.integers(1, 9000, (5, 6)).astype(np.uint16))
+    (tmp_path / "segmentation").mkdir()
+    scipy.io.savemat(tmp_path / "segmentation" / "img_7.mat", {"segmentation": np.ones((5, 6), np.uint8)})
+    write_split(tmp_path / "mini.txt", ["7"])
+    voc = make_voc(tmp_path / "VOC", ids=("v",))
+    opened = opened_files(monkeypatch)
+    for ds in (fcr.data.NYUD(tmp_path, split="mini", tops=("depth", "label", "hha", "color")),
+               fcr.data.NYUD(tmp_path, split="mini", tops=("hha", "label")), fcr.data.VOC(voc, split="val")):
+        files = ds.files(ds.ids[0])
+        assert tuple(files) == ds.tops and all(Path(f).is_file() for f in files.values())
+        opened.clear()
+        assert len(ds[0]) == len(ds.tops)
+        assert opened == [str(f) for f in files.values()]
+
+
 # ---------------------------------------------------------------- Synthetic
 
 def test_synthetic_is_deterministic_and_well_formed():

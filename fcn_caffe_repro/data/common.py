@@ -50,17 +50,19 @@ def resolve_split(path, fallback=None):
     return Path(fallback)
 
 
-def require_files(split_file, path_fns, ids):
+def require_files(split_file, files, ids):
     """Fail at construction, naming the first missing file, when the split names absent images.
 
-    ``path_fns``: functions from an image id to a file the dataset will read.
+    ``files``: the dataset's ``files(id) -> {top: path}``, the files image ``id`` is read from. The
+    tops are checked in the order ``files`` gives them, each over all ids.
     """
-    for path_of in path_fns:
-        missing = [i for i in ids if not os.path.exists(path_of(i))]
+    named = [files(i) for i in ids]
+    for top in (named[0] if named else ()):
+        missing = [(i, f[top]) for i, f in zip(ids, named) if not os.path.exists(f[top])]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DatasetFileError(f"missing file for id '{missing[0]}' named by split {split_file}{more}",
-                                   path_of(missing[0]))
+            raise DatasetFileError(f"missing file for id '{missing[0][0]}' named by split {split_file}{more}",
+                                   missing[0][1])
 
 
 def read_class_block(path):

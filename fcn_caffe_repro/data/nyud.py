@@ -38,18 +38,18 @@ class NYUD(SegDataset):
             raise ValueError(f"unknown NYUD top '{unknown[0]}', pick from {', '.join(_FILES)}")
         self.split_file = resolve_split(self.root / f"{split}.txt", shipped("nyud", f"{split}.txt"))
         super().__init__(read_ids(self.split_file), {"label": NYUD_CLASSES})
-        require_files(self.split_file, [self._path_fn(t) for t in self.tops], self.ids)
+        require_files(self.split_file, self.files, self.ids)
 
-    def _path_fn(self, top):
-        return lambda name: self.root / _FILES[top].format(name)
-
-    def path(self, top, i):
-        return self._path_fn(top)(self._index(i))
+    def files(self, id, tops=None):
+        """{top: path} of the files image ``id`` is read from: one per entry of ``tops`` (default: the
+        dataset's), in that order."""
+        return {t: self.root / _FILES[t].format(id) for t in (self.tops if tops is None else tops)}
 
     def __getitem__(self, i):
-        out = [getattr(self, f"_load_{t}")(self.path(t, i)) for t in self.tops]
+        files = self.files(self._index(i))
+        out = [getattr(self, f"_load_{t}")(path) for t, path in files.items()]
         for t, x in zip(self.tops[1:], out[1:]):
-            check_same_size(out[0], x, self.path(t, i))
+            check_same_size(out[0], x, files[t])
         return tuple(out)
 
     def _load_color(self, path):
@@ -71,4 +71,4 @@ class NYUD(SegDataset):
         return label_tensor(check_label(label, len(self.classes), path))
 
     def rgb(self, i):
-        return load_rgb(self.path("color", i))
+        return load_rgb(self.files(self._index(i), ("color",))["color"])

@@ -59,22 +59,21 @@ class PascalContext(SegDataset):
         classes = CONTEXT_CLASSES
         self.split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         super().__init__(read_ids(self.split_file), {"label": classes})
-        require_files(self.split_file, [lambda n: self.root / "JPEGImages" / f"{n}.jpg",
-                                        lambda n: self.context_dir / "trainval" / f"{n}.mat"], self.ids)
+        require_files(self.split_file, self.files, self.ids)
 
     def _list(self, name, packaged):
         path = self.context_dir / name
         return path if path.is_file() else shipped("pascal-context", packaged)
 
-    def image_path(self, i):
-        return self.root / "JPEGImages" / f"{self._index(i)}.jpg"
-
-    def label_path(self, i):
-        return self.context_dir / "trainval" / f"{self._index(i)}.mat"
+    def files(self, id):
+        """{top: path} of the files image ``id`` is read from."""
+        return {"data": self.root / "JPEGImages" / f"{id}.jpg",
+                "label": self.context_dir / "trainval" / f"{id}.mat"}
 
     def __getitem__(self, i):
-        image = load_image(self.image_path(i), self.mean)
-        path = self.label_path(i)
+        files = self.files(self._index(i))
+        image = load_image(files["data"], self.mean)
+        path = files["label"]
         raw = load_mat(path, "LabelMap")
         check_raw(raw, 0, len(self.lut) - 1, path)
         label = self.lut[raw.astype(np.int64)]

@@ -19,18 +19,16 @@ class SBD(SegDataset):
         self.root, self.split, self.mean = Path(root), split, tuple(mean)
         self.split_file = self.root / f"{split}.txt"
         super().__init__(read_ids(self.split_file), {"label": VOC_CLASSES})
-        require_files(self.split_file, [lambda n: self.root / "img" / f"{n}.jpg",
-                                        lambda n: self.root / "cls" / f"{n}.mat"], self.ids)
+        require_files(self.split_file, self.files, self.ids)
 
-    def image_path(self, i):
-        return self.root / "img" / f"{self._index(i)}.jpg"
-
-    def label_path(self, i):
-        return self.root / "cls" / f"{self._index(i)}.mat"
+    def files(self, id):
+        """{top: path} of the files image ``id`` is read from."""
+        return {"data": self.root / "img" / f"{id}.jpg", "label": self.root / "cls" / f"{id}.mat"}
 
     def __getitem__(self, i):
-        image = load_image(self.image_path(i), self.mean)
-        path = self.label_path(i)
+        files = self.files(self._index(i))
+        image = load_image(files["data"], self.mean)
+        path = files["label"]
         raw = load_mat(path, "GTcls", "Segmentation")
         check_raw(raw, 0, 255, path)
         label = check_label(raw.astype(np.uint8), len(self.classes), path)

@@ -44,34 +44,29 @@ class SIFTFlow(SegDataset):
         self.root, self.split, self.mean = Path(root), split, SIFTFLOW_MEAN
         self.split_file = resolve_split(self.root / f"{split}.txt", shipped("sift-flow", f"{split}.txt"))
         super().__init__(read_ids(self.split_file), {"sem": SEMANTIC_CLASSES, "geo": GEOMETRIC_CLASSES})
-        require_files(self.split_file, [self.image_path_of, lambda n: self.label_path_of("sem", n),
-                                        lambda n: self.label_path_of("geo", n)], self.ids)
+        require_files(self.split_file, self.files, self.ids)
 
     @property
     def exclude(self):
         """Semantic class indices the paper leaves out of the test means."""
         return tuple(SEMANTIC_CLASSES.index(c) for c in ABSENT_FROM_TEST)
 
-    def image_path_of(self, name):
-        return self.root / "Images" / _SUB / f"{name}.jpg"
-
-    def label_path_of(self, kind, name):
-        return self.root / {"sem": "SemanticLabels", "geo": "GeoLabels"}[kind] / _SUB / f"{name}.mat"
-
-    def image_path(self, i):
-        return self.image_path_of(self._index(i))
+    def files(self, id):
+        """{top: path} of the files image ``id`` is read from."""
+        return {"data": self.root / "Images" / _SUB / f"{id}.jpg",
+                "sem": self.root / "SemanticLabels" / _SUB / f"{id}.mat",
+                "geo": self.root / "GeoLabels" / _SUB / f"{id}.mat"}
 
     def __getitem__(self, i):
-        name = self._index(i)
-        image = load_image(self.image_path_of(name), self.mean)
-        sem = self._label("sem", name, 0)
-        geo = self._label("geo", name, -1)
+        files = self.files(self._index(i))
+        image = load_image(files["data"], self.mean)
+        sem = self._label("sem", files["sem"], 0)
+        geo = self._label("geo", files["geo"], -1)
         for kind, label in (("sem", sem), ("geo", geo)):
-            check_same_size(image, label, self.label_path_of(kind, name))
+            check_same_size(image, label, files[kind])
         return image, sem, geo
 
-    def _label(self, kind, name, lo):
-        path = self.label_path_of(kind, name)
+    def _label(self, kind, path, lo):
         raw = load_mat(path, "S")
         n = len(self.tasks[kind])
         check_raw(raw, lo, n, path)
@@ -80,4 +75,4 @@ class SIFTFlow(SegDataset):
         return label_tensor(check_label(label, n, path))
 
     def rgb(self, i):
-        return load_rgb(self.image_path(i))
+        return load_rgb(self.files(self._index(i))["data"])

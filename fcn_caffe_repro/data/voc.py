@@ -27,25 +27,21 @@ class VOC(SegDataset):
         self.split_file = resolve_split(self.root / "ImageSets" / "Segmentation" / f"{split}.txt",
                                         shipped("pascal", f"{split}.txt"))
         super().__init__(read_ids(self.split_file), {"label": VOC_CLASSES})
-        require_files(self.split_file, self._patterns(), self.ids)
+        require_files(self.split_file, self.files, self.ids)
 
-    def _patterns(self):
-        fns = [lambda n: self.root / "JPEGImages" / f"{n}.jpg"]
+    def files(self, id):
+        """{top: path} of the files image ``id`` is read from (no label without labels)."""
+        files = {"data": self.root / "JPEGImages" / f"{id}.jpg"}
         if self.labels:
-            fns.append(lambda n: self.root / "SegmentationClass" / f"{n}.png")
-        return fns
-
-    def image_path(self, i):
-        return self.root / "JPEGImages" / f"{self._index(i)}.jpg"
-
-    def label_path(self, i):
-        return self.root / "SegmentationClass" / f"{self._index(i)}.png"
+            files["label"] = self.root / "SegmentationClass" / f"{id}.png"
+        return files
 
     def __getitem__(self, i):
-        image = load_image(self.image_path(i), self.mean)
+        files = self.files(self._index(i))
+        image = load_image(files["data"], self.mean)
         if not self.labels:
             return image, None
-        path = self.label_path(i)
+        path = files["label"]
         label = check_label(load_label_png(path), len(self.classes), path)
         check_same_size(image, label, path)
         return image, label_tensor(label)
