@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description="Caffe-faithful Fully Convolutional Networks (Long, Shelhamer, Darrell) on PyTorch",
     packages=find_packages(include=["fcn_caffe_repro", "fcn_caffe_repro.*"]),
-    package_data={"fcn_caffe_repro": ["data/lists/*/*.txt"]},
+    package_data={"fcn_caffe_repro": ["data/lists/*/*.txt", "weights/*.caffemodel"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.13,<2.14",  # the release CI tests (.ci/run); the fast mode uses private APIs (torch_private.py)

@@ -4,7 +4,6 @@ Images load in a worker process while the net runs, metrics accumulate in a conf
 task (SIFT Flow has two), and an interrupted run resumes from a state file. The tools eval.py and
 infer.py are thin over this module.
 """
-import ast
 import json
 import math
 import time
@@ -13,16 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import data, distributed, metrics, paper
+from . import data, distributed, metrics, nets, paper
 from .atomic import write_json
+from .data import release
 from .data.common import item_loader
 from .errors import NetError
-
-# Which dataset (and class names, mean) goes with each family of the release's nets.
-FAMILIES = {"voc": "voc", "pascalcontext": "pascal-context", "nyud": "nyud", "siftflow": "siftflow"}
-PAPER_KEYS = {"voc": "voc", "sbd": "voc", "pascal-context": "pascalcontext", "nyud": "nyud",
-              "siftflow": "siftflow", "synthetic": "synthetic"}
-
 
 @dataclass
 class Task:
@@ -33,25 +27,9 @@ class Task:
     accumulator: metrics.Accumulator = field(default=None, repr=False)
 
 
-def family(net_name):
-    """'voc', 'pascalcontext', 'nyud' or 'siftflow' from a registry name."""
-    return net_name.split("-", 1)[0]
-
-
-def data_layer_params(net_name):
-    """The release's Python data layer of a net (tops, param_str dict), from the val/test definition."""
-    from .nets import net_spec
-
-    layer = net_spec(net_name, "val").layers[0]
-    raw = layer.params.get_str("param_str", "{}") if layer.type == "Python" else "{}"
-    return layer.top, ast.literal_eval(raw)
-
-
 def net_tasks(net_name):
     """[(score blob, label top)] from the loss layers of the net's val/test definition (as solve.py pairs them)."""
-    from .nets import net_spec
-
-    return [(l.bottom[0], l.bottom[1]) for l in net_spec(net_name, "val").layers
+    return [(l.bottom[0], l.bottom[1]) for l in nets.net_spec(net_name, "val").layers
             if l.type == "SoftmaxWithLoss" and len(l.bottom) == 2]
 
 
@@ -68,7 +46,7 @@ def make_dataset(name, root=None, split=None, net_name=None, **options):
     if split is not None:
         kwargs["split"] = split
     if name == "nyud" and net_name is not None and "tops" not in kwargs:
-        _, params = data_layer_params(net_name)
+        _, params = nets.data_layer_params(net_name)
         kwargs["tops"] = tuple(params.get("tops", ("color", "label")))
     return cls(root, **kwargs)
 
@@ -112,22 +90,14 @@ def input_defaults(net_name):
 
     Only nets whose one input is a colour image qualify (not HHA, depth or two-stream nets).
     """
-    from .nets import REGISTRY
-
-    if net_name not in REGISTRY:
-        raise NetError(f"unknown net {net_name!r}; valid nets: {', '.join(REGISTRY)}")
-    tops, params = data_layer_params(net_name)
-    images = [t for t in params.get("tops", tops) if t not in ("label", "sem", "geo")]
+    if net_name not in nets.REGISTRY:
+        raise NetError(f"unknown net {net_name!r}; valid nets: {', '.join(nets.REGISTRY)}")
+    tops, params = nets.data_layer_params(net_name)
+    images = [t for t in params.get("tops", tops) if t not in release.LABEL_TOPS]
     if images not in (["data"], ["color"]):
         raise NetError(f"{net_name} takes {images}, not one colour image: it cannot run on plain photos")
-    name = FAMILIES[family(net_name)]
-    if name == "nyud":
-        return data.nyud.MEAN_BGR, data.nyud.NYUD_CLASSES, "score"
-    if name == "siftflow":
-        return data.siftflow.SIFTFLOW_MEAN, data.siftflow.SEMANTIC_CLASSES, "score_sem"
-    if name == "pascal-context":
-        return data.pascal_context.CONTEXT_MEAN, data.pascal_context.CONTEXT_CLASSES, "score"
-    return data.voc.VOC_MEAN, data.voc.VOC_CLASSES, "score"
+    layer = release.data_layer(net_name)
+    return layer.mean, list(layer.classes), layer.score
 
 
 def _finite(x):
@@ -287,7 +257,7 @@ def _pct(v):
 
 def markdown_table(results, net_name, dataset_name, split):
     """Our metrics beside every published row for the same net and dataset (percent)."""
-    key = PAPER_KEYS.get(dataset_name, dataset_name)
+    key = release.PAPER_KEYS.get(dataset_name, dataset_name)
     head = ["net", "task", "split", "pixel acc.", "mean acc.", "mean IU", "f.w. IU", "source"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, entry in results["tasks"].items():

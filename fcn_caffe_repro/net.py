@@ -14,11 +14,10 @@ from . import fast, fusion
 from . import layers as L
 from .caffe import caffemodel
 from .caffe.spec import NetSpec
+from .data.release import TOP_CHANNELS
 from .errors import CaffemodelError, NetError
 from .plan import layer_steps, with_frees
 
-# Channel counts assumed for the tops of a Python data layer, which declares no shapes.
-_ONE_CHANNEL_TOPS = ("label", "sem", "geo", "depth")
 
 
 class CaffeNet(nn.Module):
@@ -91,7 +90,7 @@ class CaffeNet(nn.Module):
             crop = spec.msg.msg("transform_param").get_int("crop_size", 0) or 224
             declared = [(batch, 3, crop, crop), (batch,)][:len(spec.top)]
         else:
-            declared = [(1, 1 if t in _ONE_CHANNEL_TOPS else 3, 500, 500) for t in spec.top]
+            declared = [(1, TOP_CHANNELS.get(t, 3), 500, 500) for t in spec.top]  # a Python layer declares none
         return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]
 
     def shapes_for(self, input_shapes):

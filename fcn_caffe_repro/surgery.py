@@ -98,11 +98,12 @@ def upsampling_layers(net):
     return [name for name, module in net.layer_modules() if "up" in name and module.blobs()]
 
 
-def staged_init(net, source, log=print):
+def staged_init(net, source=None, log=print):
     """The paper's initialisations as the reference solve.py scripts do them: FCN-32s from the
     classifier (transplant: fc6/fc7 coerced, fc8 dropped), FCN-16s from FCN-32s and FCN-8s from
-    FCN-16s (same names copied). Then every 'up' layer is set to bilinear interpolation; score
-    layers absent from the source keep Caffe's default filler, zero."""
-    lines = transplant(net, source, log=log)
+    FCN-16s (same names copied); without a source, nothing is copied. Then every 'up' layer is
+    set to bilinear interpolation; score layers absent from the source keep Caffe's default
+    filler, zero. Returns the transplant's log lines."""
+    lines = transplant(net, source, log=log) if source is not None else []
     interp(net, upsampling_layers(net))
     return lines

@@ -2,7 +2,7 @@
 processes.
 
     solver = make_solver("voc-fcn32s", device="cuda")            # the release's solver.prototxt
-    initialise(solver.net, "vgg16.caffemodel")                    # transplant + bilinear interp
+    surgery.staged_init(solver.net, "vgg16.caffemodel")           # transplant + bilinear interp
     Trainer(solver, SBD(root), out="runs/fcn32s", val=VOC(root2)).run()
 
 One image per forward/backward pass, drawn uniformly with replacement as the release's data layers
@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, metrics, surgery
+from . import distributed
 from .data.common import item_loader
 from .errors import CaffeError, NetError
-from .solver import NonFiniteLoss, SGDSolver, read_solver_prototxt, solver_params
+from .evaluate import Evaluator
+from .net import CaffeNet
+from .nets import net_spec, solver_spec
+from .solver import NonFiniteLoss, SGDSolver, read_solver_prototxt, seed_everything, solver_params
 
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate\.pt$")
 
@@ -36,38 +39,20 @@ def sample_index(seed, position, n):
 
 def make_solver(net_name=None, solver_path=None, device="cpu", num_classes=None, width_divisor=1,
                 overrides=None):
-    """An SGDSolver with its train net on `device`: from a solver file (its train_net), or from the
-    registry (the net's train phase and the release's solver settings). `overrides`: solver
-    fields to replace (e.g. max_iter)."""
-    from .caffe.spec import NetSpec
-    from .net import CaffeNet
-    from .solver import seed_everything
-
+    """An SGDSolver with its train net on `device`: from a solver file (SGDSolver.from_prototxt),
+    or from the registry (the net's train phase and the release's solver settings). `overrides`:
+    solver fields to replace (e.g. max_iter)."""
     if solver_path is not None:
-        params, source, _ = read_solver_prototxt(solver_path)
-        spec = (NetSpec.from_prototxt(source[1]) if source[0] == "path"
-                else NetSpec.from_message(source[1], file=str(solver_path)))
+        solver = SGDSolver.from_prototxt(solver_path)
+        net, params = solver.net, solver.params
     elif net_name is not None:
-        from .nets import net_spec, solver_spec
-
         params, _ = solver_params(solver_spec(net_name))
-        spec = net_spec(net_name, "train", num_classes, width_divisor)
+        if params["random_seed"] >= 0:
+            seed_everything(params["random_seed"])
+        net = CaffeNet(net_spec(net_name, "train", num_classes, width_divisor), phase="train")
     else:
         raise CaffeError("make_solver needs a net name or a solver file")
-    params.update(overrides or {})
-    if params["random_seed"] >= 0:
-        seed_everything(params["random_seed"] + distributed.rank_and_world()[0])
-    net = CaffeNet(spec, phase="train").to(device)
-    return SGDSolver(net, **params)
-
-
-def initialise(net, init=None, log=print):
-    """The solve.py recipe: copy the weights of `init` by layer name (a classifier's fc6/fc7 are
-    coerced, an earlier stage's layers copied), then set every 'up' layer to bilinear
-    interpolation. Without `init` only the interpolation is set."""
-    lines = surgery.transplant(net, init, log=log) if init is not None else []
-    surgery.interp(net, surgery.upsampling_layers(net))
-    return lines
+    return SGDSolver(net.to(device), **{**params, **(overrides or {})})
 
 
 def net_inputs(net, tops, samples, device):
@@ -110,8 +95,6 @@ class _Samples(torch.utils.data.Dataset):
 def validate(net, dataset, device="cpu", limit=None, net_name=None):
     """The paper's metrics of `net` (TEST phase) on `dataset` through the one scorer
     (evaluate.Evaluator, images split over the processes): {label top: {metric: value}}."""
-    from .evaluate import Evaluator
-
     was_training = net.training
     results = Evaluator(net, dataset, net_name=net_name, device=device, workers=0, progress=False,
                         limit=limit).run()
@@ -265,4 +248,4 @@ def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-__all__ = ["Trainer", "make_solver", "initialise", "validate", "net_inputs", "sample_index"]
+__all__ = ["Trainer", "make_solver", "validate", "copy_weights", "net_inputs", "batch_size", "sample_index"]

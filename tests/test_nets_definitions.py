@@ -162,8 +162,6 @@ def test_registry_errors():
         nets.net_spec("voc-fcn8s", "testing")
     with pytest.raises(NetError, match="unknown net"):
         nets.solver_spec("fcn8s")
-    with pytest.raises(NetError, match="no solver"):
-        nets.solver_spec("vgg16")
     for bad in (0, -3, 2.5, True):
         with pytest.raises(NetError, match="num_classes"):
             nets.net_spec("voc-fcn32s", num_classes=bad)
@@ -191,3 +189,21 @@ def test_build_net_runs_and_crops_back_to_the_input():
     net = nets.build_net("nyud-fcn32s-color-d", phase="deploy", num_classes=4, width_divisor=32)
     out = net(color=torch.randn(1, 3, 17, 9), depth=torch.randn(1, 1, 17, 9))
     assert out["score"].shape == (1, 4, 17, 9)
+
+
+def test_vgg16_trains_as_vgg_did():
+    """The classifier's train phase: a Data layer of batch_size 224-pixel crops, one label each,
+    a normalised SoftmaxWithLoss; val adds Accuracy; VGG's solver (lr 0.01, momentum 0.9, step)."""
+    from fcn_caffe_repro.solver import solver_params
+
+    train = nets.build_net("vgg16", "train", num_classes=5, width_divisor=16)
+    assert train.inputs == {"data": (32, 3, 224, 224), "label": (32,)}
+    assert train.loss_weights == {"loss": 1.0}
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    loss = train(data=x, label=torch.tensor([0.0, 4.0]))["loss"]
+    assert loss.shape == () and loss.item() > 0
+    val = nets.build_net("vgg16", "val", num_classes=5, width_divisor=16)
+    assert set(val(data=x, label=torch.tensor([0.0, 4.0]))) == {"loss", "accuracy"}
+    params, _ = solver_params(nets.solver_spec("vgg16"))
+    assert (params["base_lr"], params["momentum"], params["lr_policy"]) == (0.01, 0.9, "step")
+    assert [l.name for l in nets.net_spec("vgg16", "train").layers][-2:] == ["fc8", "loss"]

@@ -1,28 +1,74 @@
-"""The main job's pipeline end to end, in its --quick form (a few iterations per stage)."""
+"""The main job: its whole pipeline on tiny settings through the code the default run takes, and
+the one scorer against the reference score.py's formulas."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
+
+from fcn_caffe_repro import evaluate, nets, reproduce
+from fcn_caffe_repro.data.synthetic import Synthetic
+from test_metrics import assert_scores_equal, loop_hist, loop_scores
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_reproduce_quick(tmp_path):
-    r = subprocess.run([sys.executable, "tools/reproduce.py", "--quick", "--out", str(tmp_path)],
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Every stage (classifier stage included, from a tiny classifier trained here) on 64-pixel
+    images: the same reproduce.pretrain / reproduce.run the default command calls."""
+    out = tmp_path_factory.mktemp("reproduce")
+    cfg = reproduce.Config(size=64, iters=(80, 40, 40), val_images=12, val_every=40, threads=1,
+                           classifier=str(out / "classifier.caffemodel"))
+    cfg.pretrain.update(iters=4, batch=2, val_images=4)
+    reproduce.pretrain(cfg, out=out / "pretrain", path=cfg.classifier, log=None, progress=False)
+    summary, table = reproduce.run(cfg, out=out, log=None, progress=False)
+    return out, summary, table
+
+
+def test_every_stage_improves_on_its_initialisation(tiny_run):
+    _, summary, _ = tiny_run
+    res = summary["results"]
+    assert list(res) == ["fcn32s", "fcn16s", "fcn8s", "atonce", "control", "scratch"]
+    assert [res[k]["iterations"] for k in res] == [80, 120, 160, 160, 160, 80]
+    for key, r in res.items():
+        assert r["metrics"]["mean_iu"] > r["initial"]["mean_iu"], key
+
+
+def test_the_run_writes_its_table_figures_and_json(tiny_run):
+    out, summary, table = tiny_run
+    for row in ("| FCN-32s |", "| FCN-16s |", "| FCN-8s |", "| FCN-8s at once |", "| FCN-32s, trained on |",
+                "| FCN-32s, no classifier |", "| background | disc | box | blob | bar | ring |"):
+        assert row in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["fcn8s"]["metrics"] == summary["results"]["fcn8s"]["metrics"]
+    for name in ("results.png", "per_class_iu.png", "training_curves.png"):
+        with Image.open(out / name) as im:
+            assert im.width > 200 and im.height > 100
+    for line in reproduce.findings(summary).splitlines()[1:3]:
+        assert line.startswith("thin class ")
+
+
+def test_the_scorer_equals_score_py(tmp_path):
+    """Evaluator's histogram and metrics = score.py's compute_hist (argmax of the score blob, one
+    image at a time, void left out) and its four formulas, re-derived with loops."""
+    data = Synthetic(seed=5, n=6, size=48, num_classes=6)
+    net = nets.build_net("voc-fcn8s", "deploy", num_classes=6, width_divisor=16).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # random weights of one scale: every class gets predicted somewhere
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    got = evaluate.evaluate(net, data, net_name="voc-fcn8s", workers=0, progress=False)["tasks"]["label"]
+    hist = sum(loop_hist(data[i][1].numpy(), net(data=data[i][0][None])["score"][0].argmax(0).numpy(), 6)
+               for i in range(len(data)))
+    assert got["confusion"] == hist.tolist()
+    assert_scores_equal(got["metrics"], loop_scores(hist.tolist()))
+
+
+def test_quick_command_runs_the_pipeline(tmp_path):
+    r = subprocess.run([sys.executable, "tools/reproduce.py", "--quick", "--threads", "1", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
-    for row in ("| FCN-32s |", "| FCN-16s |", "| FCN-8s |", "| FCN-32s, trained on |"):
-        assert row in out
-    assert "pixel acc. | mean acc. | mean IU | f.w. IU" in out and "skips refine" in out
-    summary = json.loads((tmp_path / "results.json").read_text())
-    res = summary["results"]
-    assert [res[k]["iterations"] for k in ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "control")] == [6, 10, 14, 14]
-    for k, v in res.items():
-        m = v["metrics"]
-        assert 0 <= m["mean_iu"] <= 1 and 0 <= m["pixel_acc"] <= 1 and len(m["iu"]) == 6
-    for name in ("results.png", "per_class_iu.png"):
-        with Image.open(tmp_path / name) as im:
-            assert im.width > 200 and im.height > 100
+    assert "mean IU" in r.stdout and "skips refine" in r.stdout and "on 1 threads" in r.stdout

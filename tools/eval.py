@@ -16,7 +16,9 @@ import torch
 
 import fcn_caffe_repro as fcr
 from fcn_caffe_repro import evaluate
+from fcn_caffe_repro.atomic import write_json
 from fcn_caffe_repro.data import DATASETS
+from fcn_caffe_repro.data.release import PAPER_KEYS
 
 
 def parse_opt(text):
@@ -77,10 +79,10 @@ def main(argv=None):
     results = evaluate.evaluate(net, dataset, net_name=args.net, device=args.device, save_dir=args.save_dir,
                                 state_file=out / "state.json", workers=args.workers, settings=settings,
                                 progress=not args.quiet, resume=args.resume)
-    results["paper"] = fcr.paper.find(net=args.net, dataset=evaluate.PAPER_KEYS.get(args.dataset))
+    results["paper"] = fcr.paper.find(net=args.net, dataset=PAPER_KEYS.get(args.dataset))
     table = evaluate.markdown_table(results, args.net, args.dataset, split)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(table + "\n")
     t = results["time"]
     print(table)

@@ -63,7 +63,7 @@ def main(argv=None):
     if args.no_controls:
         cfg.controls = ()
     if args.quick:
-        cfg.iters, cfg.val_images, cfg.val_every = (6, 4, 4), 4, 5
+        cfg.size, cfg.iters, cfg.val_images, cfg.val_every = 64, (6, 4, 4), 4, 5
         cfg.pretrain.update(iters=6, batch=2, val_images=4)
     if args.iters:
         cfg.iters = tuple(args.iters)

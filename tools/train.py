@@ -17,8 +17,11 @@ import torch
 
 from fcn_caffe_repro import distributed, evaluate
 from fcn_caffe_repro.data import DATASETS
+from fcn_caffe_repro.data.release import SEED
 from fcn_caffe_repro.errors import CaffeError
-from fcn_caffe_repro.training import Trainer, initialise, make_solver
+from fcn_caffe_repro.nets import build_net, data_layer_params
+from fcn_caffe_repro.surgery import staged_init
+from fcn_caffe_repro.training import Trainer, make_solver
 
 
 def parse_opt(text):
@@ -64,12 +67,8 @@ def build_parser():
 def data_seed(net_name):
     """The seed of the release's train data layer (param_str), 1337 when it names none."""
     if net_name is None:
-        return 1337
-    from fcn_caffe_repro.nets import net_spec
-
-    layer = net_spec(net_name, "train").layers[0]
-    params = ast.literal_eval(layer.params.get_str("param_str", "{}")) if layer.type == "Python" else {}
-    return int(params.get("seed", 1337))
+        return SEED
+    return int(data_layer_params(net_name, "train")[1].get("seed", SEED))
 
 
 def main(argv=None):
@@ -84,7 +83,7 @@ def main(argv=None):
     overrides = {"max_iter": args.max_iter} if args.max_iter else {}
     try:
         solver = make_solver(args.net, args.solver, device, args.num_classes, args.width_divisor, overrides)
-        initialise(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
+        staged_init(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
         if world > 1:
             distributed.make_distributed(solver)
         train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
@@ -92,8 +91,6 @@ def main(argv=None):
         if args.val:
             if args.net is None:
                 raise SystemExit("--val needs --net (validation runs the net's deploy definition)")
-            from fcn_caffe_repro.nets import build_net
-
             name, _, split = args.val.partition(":")
             val = evaluate.make_dataset(name, args.val_root or args.root, split or None, args.net,
                                         **dict(args.val_opt))

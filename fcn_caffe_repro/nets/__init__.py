@@ -9,6 +9,7 @@ Phases are "train", "val" and "deploy"; NYUDv2 and SIFT Flow call theirs "trainv
 head keeps 3); `width_divisor` divides every base-net width (the shrunken nets of
 tests/fixtures/caffe-ref use 16).
 """
+import ast
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -88,12 +89,21 @@ def net_spec(name, phase="val", num_classes=None, width_divisor=1):
     phase = _phase(phase)
     if name == CLASSIFIER:
         _check_args(num_classes, width_divisor, 64)
-        return vgg.classifier(num_classes or 1000, width_divisor, phase)
+        spec = vgg.classifier(num_classes or 1000, width_divisor, phase)
+        return with_input(spec, {"data": (1, 3, 224, 224)}) if phase == "deploy" else spec
     net = REGISTRY[name]
     _check_args(num_classes, width_divisor, net.width_gcd)
     split = net.splits["train" if phase == "train" else "val"]
     spec = net.build(split, num_classes=num_classes or net.num_classes, div=width_divisor)
     return deploy(spec, net.size) if phase == "deploy" else spec
+
+
+def data_layer_params(name, phase="val"):
+    """(tops, param_str as a dict) of the first layer of a registered net in a phase: the
+    release's Python data layer (an empty dict for other data layers)."""
+    layer = net_spec(name, phase).layers[0]
+    raw = layer.params.get_str("param_str", "{}") if layer.type == "Python" else "{}"
+    return layer.top, ast.literal_eval(raw)
 
 
 def phase_files(name):
@@ -125,5 +135,5 @@ def build_net(name, phase="val", num_classes=None, width_divisor=1, weights=None
 
 from .emit import emit_all, stale_files  # noqa: E402  (uses the registry above)
 
-__all__ = ["NETS", "FCN_NETS", "PHASES", "net_spec", "solver_spec", "build_net", "phase_files",
+__all__ = ["NETS", "FCN_NETS", "PHASES", "net_spec", "solver_spec", "build_net", "phase_files", "data_layer_params",
            "emit_all", "stale_files"]

@@ -3,9 +3,7 @@
 This is how the release's voc-fcn8s/deploy.prototxt was made from its val.prototxt.
 """
 from ..caffe.spec import LayerSpec, NetSpec
-
-# Channels of each image top the data layers provide (nyud_layers.py: depth is one channel).
-CHANNELS = {"data": 3, "color": 3, "hha": 3, "depth": 1}
+from ..data.release import LABEL_TOPS, TOP_CHANNELS
 DROPPED = {"Dropout", "SoftmaxWithLoss"}
 
 
@@ -22,7 +20,7 @@ def with_input(spec, shapes):
 
 def deploy(spec, size):
     """The deploy form of a val/test spec; image tops get 1 x C x size[0] x size[1]."""
-    images = [t for t in spec.layers[0].top if t in CHANNELS]
-    shapes = {t: (1, CHANNELS[t], *size) for t in images}
+    images = [t for t in spec.layers[0].top if t in TOP_CHANNELS and t not in LABEL_TOPS]
+    shapes = {t: (1, TOP_CHANNELS[t], *size) for t in images}
     kept = [l for l in with_input(spec, shapes).layers if l.type not in DROPPED]
     return NetSpec(kept, spec.name, spec.extra, spec.file).validate()

@@ -1,5 +1,6 @@
 """NYUDv2 nets (40 classes), all FCN-32s: color, HHA, early fusion color-D, late fusion color-HHA."""
 from ..caffe.spec import L, NetBuilder, crop
+from ..data.release import SEED
 from .heads import fcn_head, loss, score, upscore
 from .vgg import fcn_base
 
@@ -9,7 +10,7 @@ SPLITS = {"train": "trainval", "val": "test"}
 def nyud_data(split, tops):
     # param_str keys in the order Python 2 printed the reference's dict
     return L.Python(module='nyud_layers', layer='NYUDSegDataLayer', ntop=len(tops),
-                    param_str=str(dict(tops=tops, seed=1337, nyud_dir='../data/nyud',
+                    param_str=str(dict(tops=tops, seed=SEED, nyud_dir='../data/nyud',
                                        split=split)))
 
 

@@ -56,8 +56,7 @@ def classifier(num_classes=1000, div=1, phase="deploy", batch_size=32, source="i
 
     deploy: an Input of 1x3x224x224 and `prob`, as VGG's deploy file. train/val: a Data layer of
     `batch_size` mean-subtracted 224x224 crops with their labels, the learnable blobs' lr/decay
-    multipliers of VGG's train_val (1/1 weights, 2/0 biases) and a SoftmaxWithLoss; val also has
-    an Accuracy.
+    multipliers of VGG's train_val, MSRA fillers and a SoftmaxWithLoss; val also has an Accuracy.
     """
     n = NetBuilder()
     if phase == "deploy":
@@ -85,14 +84,14 @@ def classifier(num_classes=1000, div=1, phase="deploy", batch_size=32, source="i
     return n.to_spec("VGG_ILSVRC_16_layers")
 
 
-_LEARNABLE = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+_LEARNABLE = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]  # VGG's train_val, as FCN's
+_MSRA = dict(weight_filler=dict(type="msra"), bias_filler=dict(type="constant", value=0))
 
 
 def _learnable_conv_relu(bottom, nout, pad=1):
-    """The classifier's train-phase convolution: MSRA-filled weights (He et al.: a 16-layer net
-    without normalisation trains from scratch with them), zero biases."""
-    conv = L.Convolution(bottom, num_output=nout, pad=pad, kernel_size=3, param=_LEARNABLE,
-                         weight_filler=dict(type="msra"), bias_filler=dict(type="constant", value=0))
+    """The train phase's convolution: MSRA-filled (He et al. 2015: how a 16-layer net without
+    normalisation trains from scratch), zero biases."""
+    conv = L.Convolution(bottom, num_output=nout, pad=pad, kernel_size=3, param=_LEARNABLE, **_MSRA)
     return conv, L.ReLU(conv, in_place=True)
 
 
@@ -101,5 +100,4 @@ def _plain_inner_product(bottom, nout):
 
 
 def _learnable_inner_product(bottom, nout):
-    return L.InnerProduct(bottom, num_output=nout, param=_LEARNABLE,
-                          weight_filler=dict(type="msra"), bias_filler=dict(type="constant", value=0))
+    return L.InnerProduct(bottom, num_output=nout, param=_LEARNABLE, **_MSRA)

@@ -1,9 +1,9 @@
 """PASCAL VOC nets: voc-fcn32s, -16s, -8s and -8s-atonce (reference voc-fcn*/net.py)."""
 from ..caffe.spec import L, NetBuilder
+from ..data.release import RELEASE, SEED
 from .heads import fcn_head, loss
 from .vgg import fcn_base
 
-MEAN = (104.00699, 116.66877, 122.67892)
 SPLITS = {"train": "train", "val": "seg11valid"}
 
 
@@ -13,10 +13,10 @@ def voc_data(split, root="../data"):
     param_str keys are in the order Python 2 printed the reference's dict.
     """
     if split == 'train':
-        params = dict(sbdd_dir=root + '/sbdd/dataset', seed=1337, split=split, mean=MEAN)
+        params = dict(sbdd_dir=root + '/sbdd/dataset', seed=SEED, split=split, mean=RELEASE['voc'].mean)
         pylayer = 'SBDDSegDataLayer'
     else:
-        params = dict(voc_dir=root + '/pascal/VOC2011', seed=1337, split=split, mean=MEAN)
+        params = dict(voc_dir=root + '/pascal/VOC2011', seed=SEED, split=split, mean=RELEASE['voc'].mean)
         pylayer = 'VOCSegDataLayer'
     return L.Python(module='voc_layers', layer=pylayer, ntop=2, param_str=str(params))
 
