@@ -1,8 +1,12 @@
 #!/usr/bin/env python
-"""The main job. With no arguments: the paper's staged FCN-32s -> 16s -> 8s training on the embedded
-synthetic data (no downloads), a Table-2-style table, and figures in out/reproduce/.
+"""The main job. With no arguments: the paper's pipeline in miniature on the embedded synthetic world
+(no downloads): the shipped stand-in classifier convolutionalised into FCN-32s, then FCN-16s and
+FCN-8s, FCN-8s at once and two controls; a Table-2-style table with per-class IU, figures and
+results.json in out/reproduce/.
 
     python tools/reproduce.py                       # synthetic, about 8 minutes on 2 CPU cores
+    python tools/reproduce.py --seed 7              # another world and another image order
+    python tools/reproduce.py --pretrain            # retrain the shipped classifier (about 10 minutes)
     python tools/reproduce.py --quick               # a smoke run of a few iterations
     python tools/reproduce.py --dataset voc --root ~/data/VOC2011 \\
         --weights voc-fcn32s=fcn32s-heavy-pascal.caffemodel --weights voc-fcn8s=fcn8s-heavy-pascal.caffemodel

@@ -113,38 +113,34 @@ class _Parser:
         return layers
 
     def layer(self, start, stop):
-        """LayerParameter: (name, type, blobs). Fields are gathered first so errors can name the layer."""
-        r, name, ltype, blob_fields = self.r, "", "", []
-        for f in r.fields(start, stop):
-            if f.number == LAYER_NAME:
-                r.expect(f, LEN, "LayerParameter.name")
-                name = r.string(f, "layer name")
-            elif f.number == LAYER_TYPE:
-                r.expect(f, LEN, "LayerParameter.type")
-                ltype = r.string(f, "layer type")
-            elif f.number == LAYER_BLOBS:
-                blob_fields.append(f)
-        for f in blob_fields:
-            r.expect(f, LEN, "LayerParameter.blobs", layer=name)
-        return name, ltype, [self.blob(f, name) for f in blob_fields]
+        """LayerParameter: (name, type, blobs)."""
+        return self._layer(start, stop, "LayerParameter", (LAYER_NAME, LAYER_TYPE, LAYER_BLOBS), LEN,
+                           lambda f: self.r.string(f, "layer type"))
 
     def layer_v1(self, start, stop):
         """V1LayerParameter: (name, V2 type name, blobs)."""
+        return self._layer(start, stop, "V1LayerParameter", (V1_NAME, V1_TYPE, V1_BLOBS), VARINT,
+                           lambda f: V2_TYPE_BY_NUMBER.get(wire.as_int32(f.value), ""))
+
+    def _layer(self, start, stop, message, numbers, type_wire, read_type):
+        """(name, type, blobs) of a layer message whose name, type and blobs fields have `numbers`;
+        the fields are gathered first so that errors can name the layer."""
         r, name, ltype, blob_fields = self.r, "", "", []
+        name_number, type_number, blobs_number = numbers
         for f in r.fields(start, stop):
-            if f.number == V1_NAME:
-                r.expect(f, LEN, "V1LayerParameter.name")
+            if f.number == name_number:
+                r.expect(f, LEN, f"{message}.name")
                 name = r.string(f, "layer name")
-            elif f.number == V1_TYPE:
-                r.expect(f, VARINT, "V1LayerParameter.type")
-                ltype = V2_TYPE_BY_NUMBER.get(wire.as_int32(f.value), "")
-            elif f.number == V1_BLOBS:
+            elif f.number == type_number:
+                r.expect(f, type_wire, f"{message}.type")
+                ltype = read_type(f)
+            elif f.number == blobs_number:
                 blob_fields.append(f)
-            elif f.number == V1_V0LAYER:
+            elif message == "V1LayerParameter" and f.number == V1_V0LAYER:
                 raise self.error("V0 layer definition (V1LayerParameter.layer) is not supported; "
                                  "upgrade the file with Caffe's upgrade_net_proto_binary", f.offset)
         for f in blob_fields:
-            r.expect(f, LEN, "V1LayerParameter.blobs", layer=name)
+            r.expect(f, LEN, f"{message}.blobs", layer=name)
         return name, ltype, [self.blob(f, name) for f in blob_fields]
 
     def blob(self, blob_field, layer):

@@ -378,21 +378,14 @@ def load(path):
 
 
 # --- printer ----------------------------------------------------------------------------------
+_QUOTED = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _quote(s):
     out = []
     for ch in s:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "'":
-            out.append("\\'")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
+        if ch in _QUOTED:
+            out.append(_QUOTED[ch])
         elif ord(ch) < 32 or ord(ch) == 127:
             out.append(f"\\{ord(ch):03o}")
         else:

@@ -19,9 +19,7 @@ def fcn(split, tops, num_classes=40, div=1):
     n = NetBuilder()
     n.data, n.label = nyud_data(split, tops)
     fcn_base(n, 'data', div)
-    fcn_head(n, 32, num_classes, 'data')
-    n.loss = loss(n.score, n.label)
-    return n.to_spec()
+    return _fcn32s_head(n, num_classes)
 
 
 def fcn_color_d(split, num_classes=40, div=1):
@@ -30,9 +28,7 @@ def fcn_color_d(split, num_classes=40, div=1):
     n.color, n.depth, n.label = nyud_data(split, ['color', 'depth', 'label'])
     n.data = L.Concat(n.color, n.depth)
     fcn_base(n, 'data', div, conv1_1='conv1_1_bgrd')
-    fcn_head(n, 32, num_classes, 'data')
-    n.loss = loss(n.score, n.label)
-    return n.to_spec()
+    return _fcn32s_head(n, num_classes)
 
 
 def fcn_color_hha(split, num_classes=40, div=1):
@@ -45,5 +41,12 @@ def fcn_color_hha(split, num_classes=40, div=1):
     n.score_fused = L.Eltwise(n.score_frcolor, n.score_frhha, operation='SUM', coeff=[0.5, 0.5])
     n.upscore = upscore(n.score_fused, num_classes, 64, 32)
     n.score = crop(n.upscore, n.color)
+    n.loss = loss(n.score, n.label)
+    return n.to_spec()
+
+
+def _fcn32s_head(n, num_classes):
+    """The FCN-32s head and loss on a one-stream base net: the finished NetSpec."""
+    fcn_head(n, 32, num_classes, 'data')
     n.loss = loss(n.score, n.label)
     return n.to_spec()

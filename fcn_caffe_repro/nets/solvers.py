@@ -11,14 +11,14 @@ BASE_LR = {
     "siftflow-fcn32s": 1e-10, "siftflow-fcn16s": 1e-12, "siftflow-fcn8s": 1e-12,
 }
 # dataset -> (test_iter = size of the test split, snapshot interval or None)
-DATASETS = {"voc": (736, 4000), "pascalcontext": (5105, 4000), "nyud": (654, 2000),
+TEST_SPLIT_AND_SNAPSHOT = {"voc": (736, 4000), "pascalcontext": (5105, 4000), "nyud": (654, 2000),
             "siftflow": (200, None)}
 MAX_ITER = {"voc-fcn8s-atonce": 300000}
 
 
 def solver(name, train_file, test_file):
     """SolverParameter of a net, fields in the release's order."""
-    test_iter, snapshot = DATASETS[name.split("-")[0]]
+    test_iter, snapshot = TEST_SPLIT_AND_SNAPSHOT[name.split("-")[0]]
     alexnet = name == "voc-fcn-alexnet"  # normalized softmax: standard lr, momentum, iter_size
     max_iter = MAX_ITER.get(name, 100000 if name.startswith("voc") else 300000)
     fields = dict(train_net=train_file, test_net=test_file, test_iter=test_iter,

@@ -12,32 +12,21 @@ from ..caffe.spec import L, NetBuilder, conv_relu, max_pool
 _plain_conv_relu = partial(conv_relu, stride=None, param=None)
 
 
+# (width, convolutions) of VGG16's five blocks, each closed by a 2x2 max pooling
+BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
 def convs(n, data, div=1, modality="", conv=conv_relu, pad1=100, conv1_1="conv1_1"):
     """conv1_1 ... pool5 on n[data]: 13 3x3 convolutions with ReLU, 5 max poolings."""
-    m = modality
-    n[conv1_1 + m], n['relu1_1' + m] = conv(n[data], 64 // div, pad=pad1)
-    n['conv1_2' + m], n['relu1_2' + m] = conv(n['relu1_1' + m], 64 // div)
-    n['pool1' + m] = max_pool(n['relu1_2' + m])
-
-    n['conv2_1' + m], n['relu2_1' + m] = conv(n['pool1' + m], 128 // div)
-    n['conv2_2' + m], n['relu2_2' + m] = conv(n['relu2_1' + m], 128 // div)
-    n['pool2' + m] = max_pool(n['relu2_2' + m])
-
-    n['conv3_1' + m], n['relu3_1' + m] = conv(n['pool2' + m], 256 // div)
-    n['conv3_2' + m], n['relu3_2' + m] = conv(n['relu3_1' + m], 256 // div)
-    n['conv3_3' + m], n['relu3_3' + m] = conv(n['relu3_2' + m], 256 // div)
-    n['pool3' + m] = max_pool(n['relu3_3' + m])
-
-    n['conv4_1' + m], n['relu4_1' + m] = conv(n['pool3' + m], 512 // div)
-    n['conv4_2' + m], n['relu4_2' + m] = conv(n['relu4_1' + m], 512 // div)
-    n['conv4_3' + m], n['relu4_3' + m] = conv(n['relu4_2' + m], 512 // div)
-    n['pool4' + m] = max_pool(n['relu4_3' + m])
-
-    n['conv5_1' + m], n['relu5_1' + m] = conv(n['pool4' + m], 512 // div)
-    n['conv5_2' + m], n['relu5_2' + m] = conv(n['relu5_1' + m], 512 // div)
-    n['conv5_3' + m], n['relu5_3' + m] = conv(n['relu5_2' + m], 512 // div)
-    n['pool5' + m] = max_pool(n['relu5_3' + m])
-    return n['pool5' + m]
+    m, bottom = modality, n[data]
+    for b, (width, count) in enumerate(BLOCKS, start=1):
+        for i in range(1, count + 1):
+            name = conv1_1 if (b, i) == (1, 1) else f"conv{b}_{i}"
+            pad = {"pad": pad1} if (b, i) == (1, 1) else {}
+            n[name + m], n[f"relu{b}_{i}" + m] = conv(bottom, width // div, **pad)
+            bottom = n[f"relu{b}_{i}" + m]
+        n[f"pool{b}" + m] = bottom = max_pool(bottom)
+    return bottom
 
 
 def fcn_base(n, data, div=1, modality="", conv1_1="conv1_1"):

@@ -157,7 +157,7 @@ class SGDSolver:
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss}", self.iter, loss, self.last_snapshot)
         grads = [p.grad for _, _, p, _, _ in self.learnable if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
             bad = next((l, i) for l, i, p, _, _ in self.learnable
                        if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
             raise NonFiniteLoss(f"the loss is {loss} but the gradient of layer '{bad[0]}' blob "
@@ -191,7 +191,8 @@ class SGDSolver:
             return
         l2 = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
         if l2 > clip:
-            torch._foreach_mul_(grads, clip / l2)
+            for g in grads:
+                g.mul_(clip / l2)
 
     def _update_smoothed_loss(self, loss):
         """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses."""
