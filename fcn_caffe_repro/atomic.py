@@ -1,4 +1,4 @@
-"""Atomic file writes (snapshots, caffemodels, converted weights): readers see the old file or the
+"""Atomic file writes (snapshots, caffemodels, converted weights, JSON results): readers see the old file or the
 complete new one, never a partial file, even if the writer is killed."""
 import contextlib
 import os

@@ -4,8 +4,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .errors import NetError
-from .solver.snapshot import atomic_save
 
 
 def load_net(model, net=None, prototxt=None, num_classes=None):
@@ -56,7 +56,8 @@ def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, p
     steps.update()
     t2 = time.perf_counter()
     steps.set_postfix_str("saving")
-    atomic_save(caffe_net.state_dict(), out)
+    with atomic_write(out) as f:
+        torch.save(caffe_net.state_dict(), f)
     steps.update()
     steps.close()
     t3 = time.perf_counter()

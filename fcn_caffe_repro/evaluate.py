@@ -4,6 +4,8 @@ Images load in a worker process while the net runs, metrics accumulate in a conf
 task (SIFT Flow has two), and an interrupted run resumes from a state file. The tools eval.py and
 infer.py are thin over this module.
 """
+import argparse
+import ast
 import json
 import math
 import time
@@ -31,6 +33,18 @@ def net_tasks(net_name):
     """[(score blob, label top)] from the loss layers of the net's val/test definition (as solve.py pairs them)."""
     return [(l.bottom[0], l.bottom[1]) for l in nets.net_spec(net_name, "val").layers
             if l.type == "SoftmaxWithLoss" and len(l.bottom) == 2]
+
+
+def dataset_option(text):
+    """("key", value) of a command line's KEY=VALUE dataset option; the value read as a Python
+    literal (int, float, tuple, ...) when it is one, else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def make_dataset(name, root=None, split=None, net_name=None, **options):

@@ -21,19 +21,6 @@ from fcn_caffe_repro.data import DATASETS
 from fcn_caffe_repro.data.release import PAPER_KEYS
 
 
-def parse_opt(text):
-    """key=value with the value read as int, float or string."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", required=True, help="registry name, e.g. voc-fcn8s")
@@ -42,7 +29,7 @@ def build_parser():
     p.add_argument("--root", type=Path, help="dataset directory")
     p.add_argument("--split", help="split name (default: the dataset's evaluation split)")
     p.add_argument("--context-dir", type=Path, help="PASCAL-Context annotation directory")
-    p.add_argument("--data-opt", type=parse_opt, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra dataset argument, e.g. --data-opt n=50 for synthetic")
     p.add_argument("--num-classes", type=int, help="override the net's class count")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")

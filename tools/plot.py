@@ -26,15 +26,13 @@ def named_path(text):
 
 
 def build_parser():
-    from eval import parse_opt  # tools/eval.py, beside this file
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("figure", help="image / ground truth / predictions, one row per image")
     f.add_argument("--dataset", required=True)
     f.add_argument("--root", type=Path)
     f.add_argument("--split")
-    f.add_argument("--data-opt", type=parse_opt, action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--pred", type=named_path, action="append", required=True, metavar="NAME=DIR",
                    help="a column: folder of palette PNGs named by image id (tools/eval.py --save-dir)")
     f.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3])

@@ -9,7 +9,6 @@ OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, val
 snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
 """
 import argparse
-import ast
 import sys
 from pathlib import Path
 
@@ -24,16 +23,6 @@ from fcn_caffe_repro.surgery import staged_init
 from fcn_caffe_repro.training import Trainer, make_solver
 
 
-def parse_opt(text):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", help="registry name, e.g. voc-fcn32s (needed for validation)")
@@ -43,11 +32,11 @@ def build_parser():
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", type=Path, help="training dataset directory")
     p.add_argument("--split", help="training split (default: the dataset's)")
-    p.add_argument("--data-opt", type=parse_opt, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra dataset argument, e.g. n=200 for synthetic")
     p.add_argument("--val", metavar="DATASET[:SPLIT]", help="validate on this, e.g. voc:seg11valid")
     p.add_argument("--val-root", type=Path, help="validation dataset directory (default: --root)")
-    p.add_argument("--val-opt", type=parse_opt, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--val-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--val-every", type=int, default=4000, help="iterations between validations (solve.py: 4000)")
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
