@@ -243,10 +243,10 @@ def table(results, classes):
 
 
 def _figures(out, results, curves, deploys, val_data, rows=4):
-    from .visualize import iu_bar_chart, results_figure, training_curves
+    from .visualize import iu_bar_chart, results_figure, training_curves  # matplotlib: only when drawing
 
     keys = [k for k in ("fcn32s", "fcn16s", "fcn8s", "atonce") if k in deploys]
-    picks = _telling_images(deploys, keys, val_data, rows)
+    picks = _telling_images(val_data, rows)
     with torch.no_grad():
         preds = {k: [deploys[k](data=val_data[i][0][None])["score"][0].argmax(0).numpy() for i in picks] for k in keys}
     fig = results_figure([(val_data.rgb(i), val_data[i][1].numpy(), [preds[k][j] for k in keys])
@@ -258,7 +258,7 @@ def _figures(out, results, curves, deploys, val_data, rows=4):
     training_curves({TITLES[k]: c for k, c in curves.items()}).savefig(out / "training_curves.png", dpi=100)
 
 
-def _telling_images(deploys, keys, val_data, rows):
+def _telling_images(val_data, rows):
     """The held-out images with the most thin-structure pixels: where the strides differ."""
     thin = [val_data.classes.index(c) for c in THIN if c in val_data.classes]
     counts = [int(np.isin(val_data[i][1].numpy(), thin).sum()) for i in range(len(val_data))]

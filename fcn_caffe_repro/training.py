@@ -28,7 +28,7 @@ from .errors import CaffeError, NetError
 from .evaluate import Evaluator
 from .net import CaffeNet
 from .nets import net_spec, solver_spec
-from .solver import NonFiniteLoss, SGDSolver, read_solver_prototxt, seed_everything, solver_params
+from .solver import NonFiniteLoss, SGDSolver, seed_everything, solver_params
 
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate\.pt$")
 
