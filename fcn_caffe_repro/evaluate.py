@@ -228,10 +228,16 @@ class Evaluator:
             save_label_png(sub / f"{name}.png", preds[t.score])
 
     # --- results --------------------------------------------------------------------------------
+    def _class_count(self, task):
+        """Classes of a task no image was scored for (a process with no share): the net's score
+        channels when it declares them, so every process sums histograms of one shape."""
+        shapes = getattr(self.net, "blob_shapes", {})
+        return shapes[task.score][1] if task.score in shapes else len(self.dataset.tasks[task.label])
+
     def results(self):
         tasks = {}
         for t in self.tasks:
-            acc = t.accumulator or metrics.Accumulator(len(self.dataset.tasks[t.label]))
+            acc = t.accumulator or metrics.Accumulator(self._class_count(t))
             if self.world > 1:  # every process scored its share: sum the histograms
                 acc.hist = distributed.all_reduce_sum(torch.from_numpy(acc.hist)).numpy()
             names = list(self.dataset.tasks[t.label])[:acc.n]

@@ -9,9 +9,10 @@ As many images per forward/backward pass as the net's data layer declares (one f
 Python layers, batch_size for a Data layer), drawn uniformly with replacement as the release's data
 layers draw them (random.randint), but as a function of (seed, sample position), so a resumed run
 and a multi-process run (distributed.py) take exactly the images an uninterrupted single process
-would; `sample_offset` starts a run further along that sequence (a stage that continues another). Snapshots every `snapshot` iterations (solver state + .caffemodel), validation every
-`val_every` iterations with the paper's metrics, a JSON-lines log, and Ctrl-C stops after the
-current iteration with a snapshot, as Caffe's SIGINT action does.
+would; `sample_offset` starts a run further along that sequence (a stage that continues another).
+Snapshots every `snapshot` iterations (solver state + .caffemodel), validation every `val_every`
+iterations with the paper's metrics, a JSON-lines log, and Ctrl-C stops after the current
+iteration with a snapshot, as Caffe's SIGINT action does.
 """
 import json
 import re
