@@ -4,7 +4,7 @@
 FCN-8s, FCN-8s at once and two controls; a Table-2-style table with per-class IU, figures and
 results.json in out/reproduce/.
 
-    python tools/reproduce.py                       # synthetic, about 8 minutes on 2 CPU cores
+    python tools/reproduce.py                       # synthetic, about 11 minutes on 2 CPU cores
     python tools/reproduce.py --seed 7              # another world and another image order
     python tools/reproduce.py --pretrain            # retrain the shipped classifier (about 10 minutes)
     python tools/reproduce.py --quick               # a smoke run of a few iterations
