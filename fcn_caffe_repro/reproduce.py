@@ -18,6 +18,7 @@ table comes from the same scorer on held-out images.
 """
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -35,6 +36,7 @@ from .solver import SGDSolver, solver_params
 from .training import Trainer, copy_weights
 
 CLASSIFIER_FILE = "vgg16-synthetic.caffemodel"
+INPUT_SPREAD = 60.0  # about the std of a mean-subtracted input pixel: conv1_1 is divided by it
 TITLES = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s", "atonce": "FCN-8s at once",
           "control": "FCN-32s, trained on", "scratch": "FCN-32s, no classifier"}
 NETS = {"fcn32s": "voc-fcn32s", "fcn16s": "voc-fcn16s", "fcn8s": "voc-fcn8s", "atonce": "voc-fcn8s-atonce",
@@ -72,7 +74,7 @@ def classifier_weights():
     return Path(str(resources.files("fcn_caffe_repro") / "weights" / CLASSIFIER_FILE))
 
 
-def he_init(net, input_range=60.0):
+def he_init(net, input_range=INPUT_SPREAD):
     """He-normal convolutions and inner products, zero biases and score layers (as the paper's),
     conv1_1 divided by the inputs' spread (about 60) so that activations start at unit scale."""
     with torch.no_grad():
@@ -137,7 +139,7 @@ def pretrain(cfg=None, out="out/pretrain", path=None, log=print, progress=True, 
                   max_iter=max_iter or p["iters"], display=20, snapshot=250, random_seed=cfg.seed)
     net = CaffeNet(nets.vgg.classifier(classes, cfg.width_divisor, "train", batch_size=p["batch"]), phase="train")
     with torch.no_grad():
-        net.conv1_1.weight.div_(60.0)
+        net.conv1_1.weight.div_(INPUT_SPREAD)
     solver = SGDSolver(net, **params)
     val = SyntheticShapes(seed=cfg.seed + 1, n=p["val_images"], num_classes=classes)
     val_net = nets.build_net(nets.CLASSIFIER, "deploy", num_classes=classes, width_divisor=cfg.width_divisor)
@@ -154,8 +156,6 @@ def pretrain(cfg=None, out="out/pretrain", path=None, log=print, progress=True, 
 
 
 def _threads(cfg):
-    import os
-
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     return torch.get_num_threads()
 

@@ -190,7 +190,8 @@ class SegDataset(torch.utils.data.Dataset):
     mean = ()
 
     def __init__(self, ids, tasks):
-        self.ids = ids if isinstance(ids, list) or hasattr(ids, "__getitem__") and not isinstance(ids, str) else list(ids)
+        # a list is copied; another sequence (a generated world's ids, made on demand) is kept as it is
+        self.ids = list(ids) if isinstance(ids, (list, tuple)) or not hasattr(ids, "__getitem__") else ids
         self.tasks = dict(tasks)
         self.classes = list(next(iter(self.tasks.values())))
 

@@ -173,7 +173,8 @@ class Synthetic(SegDataset):
 
 class SyntheticShapes(SegDataset):
     """``ds[i] -> (image, class)``: one to three objects of one family on a background, the class
-    being that family (0-based); the classification task a stand-in ILSVRC classifier learns."""
+    being that family (0-based); the classification task a stand-in ILSVRC classifier learns.
+    Objects scale with the image like every size of the world (1.75× at 224 px)."""
 
     def __init__(self, seed=0, n=1000, size=224, num_classes=5, mean=VOC_MEAN, objects=(1, 3)):
         if num_classes < 2 or num_classes > 255:
