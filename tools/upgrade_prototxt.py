@@ -1,28 +1,9 @@
-"""Upgrade a legacy Caffe net prototxt (V0/V1 layers, net-level inputs) to today's text format.
-
-Like Caffe's upgrade_net_proto_text: `python tools/upgrade_prototxt.py IN OUT`.
-"""
-import argparse
+#!/usr/bin/env python
+"""`fcn upgrade` as a program of this tree (fcn_caffe_repro/cli/upgrade.py)."""
 import sys
 
-from fcn_caffe_repro.caffe import prototxt
-from fcn_caffe_repro.caffe.upgrade import upgrade_net
-from fcn_caffe_repro.errors import CaffeError
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="legacy (or current) NetParameter prototxt")
-    parser.add_argument("output", help="where to write the upgraded prototxt")
-    args = parser.parse_args(argv)
-    try:
-        net = upgrade_net(prototxt.load(args.input))
-    except (CaffeError, OSError) as e:
-        sys.exit(f"upgrade_prototxt: {e}")
-    with open(args.output, "w") as f:
-        f.write(prototxt.dumps(net))
-    print(f"wrote {args.output}")
-
+from fcn_caffe_repro.cli.upgrade import *  # noqa: F401,F403  (tests import the parser and helpers from here)
+from fcn_caffe_repro.cli.upgrade import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Benchmark whole FCN nets: the plain path against the fast mode (fcn_caffe_repro/fast/).
+
+For each net (full width, random He-scaled weights, bilinear `up` layers via surgery.interp so the
+fused skip op runs depthwise), batch, pass (forward under no_grad; forward+backward of the train
+net's loss) and path (plain: the CaffeNet as built; fast: net.optimize()), one fresh subprocess
+builds the net, runs it `--warmup` times, then `--repeats` (forward) or `--train-repeats`
+(forward+backward) timed times, and reports:
+  time      median of the timed runs
+  GFLOP/s   fcr.flops(net).total (Caffe's count, forward; x3 for forward+backward) / time
+  x mm      that rate over torch.mm's on 4096^2 float32: the best rate measured in the run (by
+            the driver before and after, and by every configuration's process just before its
+            net runs, median of 3 each). The best, because this shared VM's speed drifts by up to
+            2x over minutes: a configuration that met a slow moment has its own rate in the
+            "mm GFLOP/s" column, and dividing by it would flatter the net
+  peak      CPU: peak RSS of the process over the timed runs (VmHWM, reset after the warm-up),
+            and "net" = that peak minus the RSS after imports, before the net was built
+            (weights + prepacked copies + activations + allocator slack); CUDA: max_memory_allocated
+Each configuration runs in its own process so that peaks do not mix.  Prints a markdown table
+(with Caffe's 3.42 s per FCN-8s forward on this machine kind, from issue 8, as the external
+reference) and the issue's two checks, and writes JSON.
+
+    python tools/bench_net.py                  # 4 nets; forward at batch 1 and 4, forward+backward at
+                                               # batch 1: about 9 minutes on 2 quiet cores
+    python tools/bench_net.py --train-batch 1 4  # forward+backward at batch 4 too (about 7 more minutes)
+    python tools/bench_net.py --quick          # FCN-8s, batch 1, forward and forward+backward (~1 min)
+    python tools/bench_net.py --nets voc-fcn8s --batch 1 4 --passes fwd --repeats 5 --threads 2
+
+--device cuda runs the same on a GPU (TF32 off); that path has not been run on a GPU yet.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's package, not an installed copy
+from _bench_common import reset_peak, status_bytes, write_json  # noqa: E402  (tools/)
+
+NETS = ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "voc-fcn-alexnet")
+PATHS = ("plain", "fast")
+PASSES = ("fwd", "fwd+bwd")
+CAFFE_FCN8S_S = 3.42  # BVLC Caffe, 1x3x500x500 voc-fcn8s deploy forward, this machine kind (issue 8)
+ROOFLINE_FRACTION = 0.85
+MEMORY_FACTOR = 2.0
+
+
+# --- the worker: one configuration in a fresh process ------------------------------------------------
+def build(name, phase, batch, size, device, seed=0):
+    """A full-width net with random He-scaled convolutions and bilinear upsampling layers."""
+    import fcn_caffe_repro as fcr
+    from fcn_caffe_repro import layers as L
+    from fcn_caffe_repro import surgery
+
+    torch.manual_seed(seed)
+    net = fcr.build_net(name, phase=phase)
+    with torch.no_grad():
+        for _, m in net.layer_modules():
+            if isinstance(m, L.Convolution):
+                m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    m.bias.uniform_(-0.1, 0.1)
+    surgery.interp(net, surgery.upsampling_layers(net))
+    net.to(device)
+    inputs = {}
+    for top, declared in net.inputs.items():
+        shape = (batch, declared[1], size, size)
+        if top == "label":
+            inputs[top] = torch.randint(0, 21, shape, device=device).float()
+        else:
+            inputs[top] = torch.randn(shape, device=device) * 50
+    return net, inputs
+
+
+def worker(cfg):
+    device = cfg["device"]
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    import fcn_caffe_repro as fcr
+    from fcn_caffe_repro import fast
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rss_import = status_bytes("VmRSS") if device == "cpu" else 0
+    backward = cfg["pass"] == "fwd+bwd"
+    net, inputs = build(cfg["net"], "train" if backward else "deploy", cfg["batch"], cfg["size"], device)
+    cost = fcr.flops(net, {k: tuple(v.shape) for k, v in inputs.items()})
+    shapes = net.shapes_for({k: tuple(v.shape) for k, v in inputs.items()})
+    acts = sorted((4 * int(torch.Size(s).numel()) for s in shapes.values()), reverse=True)
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    if cfg["path"] == "fast":
+        net.optimize(**({"conv": "torch"} if device == "cuda" else {}))
+    rss_built = status_bytes("VmRSS") if device == "cpu" else 0
+    mm = mm_rate(device, repeats=3)  # this process, these conditions: the roofline of this row
+
+    def run():
+        if backward:
+            net.zero_grad(set_to_none=True)
+            net.objective(net(**inputs)).backward()
+        else:
+            with torch.no_grad():
+                net(**inputs)
+        sync()
+
+    for _ in range(cfg["warmup"]):
+        run()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reset = reset_peak() if device == "cpu" else True
+    times = []
+    for _ in range(cfg["repeats"]):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    if device == "cuda":
+        peak, net_mem = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_allocated()
+    else:
+        peak = status_bytes("VmHWM")
+        net_mem = peak - rss_import
+    paths = sorted({p for _, p in fast.describe(net)})
+    calls = fast.calls(net)
+    ran = sorted({k for c in calls.values() for k in c})
+    return dict(cfg, times=times, median_s=statistics.median(times), mm_flops=mm, flops=cost.total,
+                flops_fused=cost.total_fused, weights_bytes=weights, two_largest_activations_bytes=sum(acts[:2]),
+                peak_bytes=peak, net_bytes=net_mem, rss_import_bytes=rss_import, rss_built_bytes=rss_built,
+                peak_reset=reset, step_paths=paths, conv_paths_run=ran, buffers=fast.buffer_stats(net))
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+def mm_rate(device, repeats=5, n=4096):
+    """torch.mm on n x n float32: median FLOP/s over `repeats` runs after one warm-up."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def spawn(cfg):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"worker failed for {cfg}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def _mb(b):
+    return f"{b / 2**20:,.0f}"
+
+
+def markdown(rows, mm):
+    head = ("| net | batch | pass | path | time (s) | GFLOP/s | x mm | speed-up | peak RSS (MiB) | net memory (MiB) "
+            "| budget 2x(W+2A) (MiB) | mm GFLOP/s in its process | external reference |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    plain = {(r["net"], r["batch"], r["pass"]): r["median_s"] for r in rows if r["path"] == "plain"}
+    for r in rows:
+        work = r["flops"] * (3 if r["pass"] == "fwd+bwd" else 1)
+        rate = work / r["median_s"]
+        base = plain.get((r["net"], r["batch"], r["pass"]))
+        speed = f"{base / r['median_s']:.2f}x" if base else ""
+        ref = ""
+        if r["net"] == "voc-fcn8s" and r["batch"] == 1 and r["pass"] == "fwd":
+            ref = f"Caffe {CAFFE_FCN8S_S:.2f} s"
+        budget = MEMORY_FACTOR * (r["weights_bytes"] + r["two_largest_activations_bytes"])
+        lines.append(f"| {r['net']} | {r['batch']} | {r['pass']} | {r['path']} | {r['median_s']:.3f} | "
+                     f"{rate / 1e9:.0f} | {rate / mm:.2f} | {speed} | {_mb(r['peak_bytes'])} | "
+                     f"{_mb(r['net_bytes'])} | {_mb(budget) if r['pass'] == 'fwd' else ''} | {r['mm_flops'] / 1e9:.0f} | "
+                     f"{ref} |")
+    return "\n".join(lines)
+
+
+def checks(rows, mm):
+    """Issue 8's targets for FCN-8s forward at batch 1, as lines of text."""
+    get = {(r["net"], r["batch"], r["pass"], r["path"]): r for r in rows}
+    fast, plain = get.get(("voc-fcn8s", 1, "fwd", "fast")), get.get(("voc-fcn8s", 1, "fwd", "plain"))
+    out = []
+    if fast:
+        roof = fast["flops"] / mm
+        limit = roof / ROOFLINE_FRACTION
+        ok = fast["median_s"] <= limit
+        out.append(f"- FCN-8s forward, batch 1, fast: {fast['median_s']:.3f} s; matmul roofline "
+                   f"{fast['flops'] / 1e9:.1f} GFLOP / {mm / 1e9:.0f} GFLOP/s = {roof:.3f} s, at 85 % "
+                   f"<= {limit:.3f} s: {'PASS' if ok else 'FAIL'} ({roof / fast['median_s']:.0%} of the roofline)")
+        if plain:
+            ahead = fast["median_s"] < plain["median_s"]
+            out.append(f"- ahead of the plain path in the same run ({plain['median_s']:.3f} s): "
+                       f"{'PASS' if ahead else 'FAIL'}; Caffe's {CAFFE_FCN8S_S:.2f} s is "
+                       f"{CAFFE_FCN8S_S / fast['median_s']:.2f}x the fast mode's time")
+        budget = MEMORY_FACTOR * (fast["weights_bytes"] + fast["two_largest_activations_bytes"])
+        out.append(f"- peak memory of that forward: {_mb(fast['net_bytes'])} MiB above the process's "
+                   f"{_mb(fast['rss_import_bytes'])} MiB after imports ({_mb(fast['peak_bytes'])} MiB RSS in all); "
+                   f"budget 2 x (weights {_mb(fast['weights_bytes'])} + two largest activations "
+                   f"{_mb(fast['two_largest_activations_bytes'])}) = {_mb(budget)} MiB: "
+                   f"{'PASS' if fast['net_bytes'] <= budget else 'FAIL'} (whole RSS: "
+                   f"{'PASS' if fast['peak_bytes'] <= budget else 'FAIL'})")
+    for batch in sorted({r["batch"] for r in rows}):
+        f, p = get.get(("voc-fcn32s", batch, "fwd+bwd", "fast")), get.get(("voc-fcn32s", batch, "fwd+bwd", "plain"))
+        if f and p:
+            out.append(f"- FCN-32s forward+backward, batch {batch}: fast mode {1 / f['median_s']:.3f} it/s, "
+                       f"plain {1 / p['median_s']:.3f} it/s")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in each worker (default: torch's)")
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batches of the forward pass")
+    p.add_argument("--train-batch", type=int, nargs="+", default=[1],
+                   help="batches of the forward+backward pass (default 1: batch 4 adds ~7 minutes)")
+    p.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--repeats", type=int, default=3, help="timed forward runs per configuration (median reported)")
+    p.add_argument("--train-repeats", type=int, default=2,
+                   help="timed forward+backward runs per configuration (median; 2 keeps the run < 10 min)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--size", type=int, default=500, help="input height and width")
+    p.add_argument("--quick", action="store_true", help="voc-fcn8s, batch 1 only")
+    p.add_argument("--json", default=None, help="default bench/bench_net_DEVICE.json")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    if args.quick:
+        args.nets, args.batch, args.train_batch = ["voc-fcn8s"], [1], [1]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    load = os.getloadavg()[0]
+    started = time.time()
+    mm_before = mm_rate(args.device)
+    print(f"torch.mm 4096^2: {mm_before / 1e9:.0f} GFLOP/s", file=sys.stderr)
+    rows = []
+    for net in args.nets:
+        for pss in args.passes:
+            for batch in args.train_batch if pss == "fwd+bwd" else args.batch:
+                for path in args.paths:
+                    cfg = dict(net=net, batch=batch, path=path, device=args.device, threads=args.threads,
+                               repeats=args.train_repeats if pss == "fwd+bwd" else args.repeats,
+                               warmup=args.warmup, size=args.size)
+                    cfg["pass"] = pss
+                    r = spawn(cfg)
+                    rows.append(r)
+                    print(f"  {net} batch {batch} {pss} {path}: {r['median_s']:.3f} s "
+                          f"(runs {', '.join(f'{t:.3f}' for t in r['times'])}), peak {_mb(r['peak_bytes'])} MiB",
+                          file=sys.stderr)
+    mm_after = mm_rate(args.device)
+    mm = max([mm_before, mm_after] + [r["mm_flops"] for r in rows])
+    table = markdown(rows, mm)
+    summary = checks(rows, mm)
+    meta = dict(device=args.device, machine=machine(), torch=torch.__version__,
+                threads=args.threads or torch.get_num_threads(), size=args.size, repeats=args.repeats,
+                train_repeats=args.train_repeats, warmup=args.warmup, mm_flops_before=mm_before,
+                mm_flops_after=mm_after, mm_flops=mm,
+                load_before=load, load_after=os.getloadavg()[0],
+                wall_s=time.time() - started,
+                command=" ".join(["python", "tools/bench_net.py", *(sys.argv[1:] if argv is None else argv)]))
+    print(f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, {args.size}x{args.size} float32, "
+          f"median of {args.repeats} forward / {args.train_repeats} forward+backward runs after {args.warmup} warm-up, "
+          f"each configuration in a fresh process; "
+          f"torch.mm 4096^2 in the driver: {mm_before / 1e9:.0f} GFLOP/s before, {mm_after / 1e9:.0f} after "
+          f"and {min(r['mm_flops'] for r in rows) / 1e9:.0f} to {max(r['mm_flops'] for r in rows) / 1e9:.0f} "
+          f"in the configurations' processes; x mm and the roofline use the best, {mm / 1e9:.0f}; "
+          f"load average {load:.2f} before, {meta['load_after']:.2f} after\n")
+    print(table)
+    print()
+    print(summary)
+    path = args.json or os.path.join("bench", f"bench_net_{args.device}.json")
+    write_json(path, dict(meta=meta, rows=rows, table=table, checks=summary))
+    print(f"\nwrote {path} in {meta['wall_s']:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Train an FCN with Caffe's solver, as the release's solve.py scripts do.
+
+    python tools/train.py --net voc-fcn32s --solver prototxt/voc-fcn32s/solver.prototxt \\
+        --init vgg16.caffemodel --dataset sbd --root ~/data/sbd --val voc:seg11valid --val-root ~/data/VOC2011
+    torchrun --nproc_per_node 4 tools/train.py ...      # one image per process per pass; see distributed.py
+
+OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, validation, snapshot),
+snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from fcn_caffe_repro import distributed, evaluate
+from fcn_caffe_repro.data import DATASETS
+from fcn_caffe_repro.data.release import SEED
+from fcn_caffe_repro.errors import CaffeError
+from fcn_caffe_repro.nets import build_net, data_layer_params
+from fcn_caffe_repro.surgery import staged_init
+from fcn_caffe_repro.training import Trainer, make_solver
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--net", help="registry name, e.g. voc-fcn32s (needed for validation)")
+    p.add_argument("--solver", type=Path, help="Caffe solver.prototxt (default: the release's for --net)")
+    p.add_argument("--init", type=Path, help="initial weights: a classifier (transplanted, fc6/fc7 coerced) "
+                                             "or the previous stage (FCN-32s for 16s, 16s for 8s)")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--root", type=Path, help="training dataset directory")
+    p.add_argument("--split", help="training split (default: the dataset's)")
+    p.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra dataset argument, e.g. n=200 for synthetic")
+    p.add_argument("--val", metavar="DATASET[:SPLIT]", help="validate on this, e.g. voc:seg11valid")
+    p.add_argument("--val-root", type=Path, help="validation dataset directory (default: --root)")
+    p.add_argument("--val-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--val-every", type=int, default=4000, help="iterations between validations (solve.py: 4000)")
+    p.add_argument("--val-limit", type=int, help="validate on the first N images only")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--snapshot-every", type=int, help="override the solver's snapshot interval")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (smoke tests)")
+    p.add_argument("--seed", type=int, help="image-order seed (default: the train data layer's, 1337)")
+    p.add_argument("--device", default=None, help="default: cuda if available (one GPU per process)")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes (0: load in the loop)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/NET)")
+    p.add_argument("--resume", nargs="?", const="latest", help="continue from the latest snapshot in OUT, "
+                                                              "or from the given .solverstate.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def data_seed(net_name):
+    """The seed of the release's train data layer (param_str), 1337 when it names none."""
+    if net_name is None:
+        return SEED
+    return int(data_layer_params(net_name, "train")[1].get("seed", SEED))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.net is None and args.solver is None:
+        raise SystemExit("give --net, --solver or both")
+    cpu = args.device is not None and torch.device(args.device).type == "cpu"
+    device = distributed.init_from_env("gloo" if cpu else None)  # joins torchrun's group, if any
+    if args.device is not None and not (device.type == "cuda" and torch.device(args.device).type == "cuda"):
+        device = torch.device(args.device)
+    rank, world = distributed.rank_and_world()
+    overrides = {"max_iter": args.max_iter} if args.max_iter else {}
+    try:
+        solver = make_solver(args.net, args.solver, device, args.num_classes, args.width_divisor, overrides)
+        staged_init(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
+        if world > 1:
+            distributed.make_distributed(solver)
+        train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
+        val = val_net = None
+        if args.val:
+            if args.net is None:
+                raise SystemExit("--val needs --net (validation runs the net's deploy definition)")
+            name, _, split = args.val.partition(":")
+            val = evaluate.make_dataset(name, args.val_root or args.root, split or None, args.net,
+                                        **dict(args.val_opt))
+            val_net = build_net(args.net, "deploy", args.num_classes, args.width_divisor).to(device)
+        out = args.out or Path("runs") / (args.net or args.solver.parent.name)
+        trainer = Trainer(solver, train, out, seed=args.seed if args.seed is not None else data_seed(args.net),
+                          val=val, val_net=val_net, val_every=args.val_every, val_limit=args.val_limit,
+                          snapshot_every=args.snapshot_every, device=device, workers=args.workers,
+                          progress=not args.quiet, net_name=args.net)
+        if args.resume:
+            if not trainer.resume(None if args.resume == "latest" else args.resume) and rank == 0:
+                print(f"no snapshot in {trainer.snapshot_dir}: starting from iteration 0", file=sys.stderr)
+        trainer.run()
+    except CaffeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        print(f"done at iteration {solver.iter}; smoothed loss {solver.smoothed_loss:.6g}; run in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
