@@ -1,5 +1,5 @@
-"""Build and install fcn_caffe_repro; the csrc/ extension is built here (see ext_modules below)."""
-from setuptools import find_packages, setup
+"""The csrc/ extension (fcn_caffe_repro._C); the package's metadata is pyproject.toml's [project]."""
+from setuptools import setup
 
 def _fused_op_extension():
     """fcn_caffe_repro._C from csrc/: the CPU kernels always, the CUDA kernels when torch has CUDA
@@ -27,22 +27,4 @@ def _fused_op_extension():
 
 ext_modules, cmdclass = _fused_op_extension()
 
-setup(
-    name="fcn_caffe_repro",
-    version="0.1.0",
-    description="Caffe-faithful Fully Convolutional Networks (Long, Shelhamer, Darrell) on PyTorch",
-    packages=find_packages(include=["fcn_caffe_repro", "fcn_caffe_repro.*"]),
-    package_data={"fcn_caffe_repro": ["data/lists/*/*.txt", "weights/*.caffemodel"]},
-    python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.13,<2.14",  # the release CI tests (.ci/run); the fast mode uses private APIs (torch_private.py)
-        "numpy",
-        "scipy",
-        "pillow",
-        "tqdm",
-        "matplotlib",
-    ],
-    extras_require={"test": ["pytest", "hypothesis"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)  # the rest is pyproject.toml's [project]

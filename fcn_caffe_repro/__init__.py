@@ -5,8 +5,10 @@ Submodules load on first use so that importing the package stays cheap.
 """
 import importlib
 
-from . import errors
-from .errors import CaffeError, CaffemodelError, NetError, PrototxtError
+__version__ = "0.1.0"
+
+from . import errors  # noqa: E402
+from .errors import CaffeError, CaffemodelError, NetError, PrototxtError  # noqa: E402
 
 _SUBMODULES = {
     "caffemodel": "fcn_caffe_repro.caffe.caffemodel",
@@ -25,6 +27,8 @@ _SUBMODULES = {
     "visualize": "fcn_caffe_repro.visualize",
     "fusion": "fcn_caffe_repro.fusion",
     "reproduce": "fcn_caffe_repro.reproduce",
+    "weight_formats": "fcn_caffe_repro.weight_formats",
+    "weights_registry": "fcn_caffe_repro.weights_registry",
 }
 _ATTRS = {
     "CaffeNet": ("fcn_caffe_repro.net", "CaffeNet"),

@@ -1,15 +1,16 @@
-"""Convert a .caffemodel into a PyTorch state_dict for a known net, checked by a forward pass."""
+"""Convert weights (.caffemodel, .safetensors or .pt) into a state_dict file (.safetensors, or .pt by
+name) for a known net, checked by a forward pass."""
 import time
 
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_write
 from .errors import NetError
+from .weight_formats import write_state
 
 
 def load_net(model, net=None, prototxt=None, num_classes=None):
-    """The deploy net (by registry name or prototxt path) with the caffemodel's weights, strict."""
+    """The deploy net (by registry name or prototxt path) with the file's weights, strict."""
     from . import nets
     from .net import CaffeNet
 
@@ -56,8 +57,7 @@ def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, p
     steps.update()
     t2 = time.perf_counter()
     steps.set_postfix_str("saving")
-    with atomic_write(out) as f:
-        torch.save(caffe_net.state_dict(), f)
+    write_state(out, caffe_net.state_dict(), metadata={"net": net or str(prototxt), "source": str(model)})
     steps.update()
     steps.close()
     t3 = time.perf_counter()

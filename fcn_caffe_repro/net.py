@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import fast, fusion
+from . import fast, fusion, weight_formats
 from . import layers as L
 from .caffe import caffemodel
 from .caffe.spec import NetSpec
@@ -39,7 +39,7 @@ class CaffeNet(nn.Module):
     # --- construction ------------------------------------------------------------------------
     @classmethod
     def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None):
-        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with a .caffemodel."""
+        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with weights (load_caffemodel)."""
         return cls(NetSpec.from_prototxt(path), phase=phase, weights=weights, input_shapes=input_shapes)
 
     def _build(self, input_shapes):
@@ -148,6 +148,12 @@ class CaffeNet(nn.Module):
         """{layer name: [parameter blobs in Caffe's order]} for layers that have any."""
         return {n: m.blobs() for n, m in self._modules_by_layer.items() if m.blobs()}
 
+    def param_keys(self):
+        """{state_dict key: (layer name, shape)} of every parameter blob, in net and Caffe order."""
+        names = {id(m): n for n, m in self.named_children()}
+        return {f"{names[id(m)]}.{b}": (layer, tuple(getattr(m, b).shape))
+                for layer, m in self._modules_by_layer.items() for b in m.blob_names if getattr(m, b, None) is not None}
+
     @property
     def outputs(self):
         """Blobs that no later layer consumes (Caffe's net outputs)."""
@@ -198,14 +204,15 @@ class CaffeNet(nn.Module):
 
     # --- weights -----------------------------------------------------------------------------
     def load_caffemodel(self, source, strict=True):
-        """Copy weights from a .caffemodel path or a {layer: [arrays]} dict, matched by layer name.
+        """Copy weights from a weights file (.caffemodel, .safetensors or .pt state_dict, told apart
+        by content: weight_formats) or a {layer: [arrays]} dict, matched by layer name.
 
         Everything is checked before anything is assigned. Element counts must match (shapes may
         differ, e.g. legacy 4-D or fc->conv); strict=True raises on any mismatch, strict=False
         returns (missing: net layers without weights, unexpected: file layers the net lacks).
         """
         path = str(source) if isinstance(source, (str, Path)) else None
-        blobs = caffemodel.read(source) if path else source
+        blobs = weight_formats.read_blobs(source, self.param_keys(), strict) if path else source
         plan, missing, unexpected = [], [], []
         own = self.params_by_layer()
         for name, arrays in blobs.items():
@@ -234,6 +241,8 @@ class CaffeNet(nn.Module):
             for p, a in plan:
                 p.copy_(torch.as_tensor(a).reshape(p.shape))
         return missing, unexpected
+
+    load_weights = load_caffemodel  # the same loader under a name that does not suggest one format
 
     def save_caffemodel(self, path):
         """Write the parameters as a V2 .caffemodel Caffe can read."""

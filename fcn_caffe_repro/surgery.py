@@ -15,13 +15,13 @@ from .layers import bilinear_kernel
 
 
 def _source_params(source):
-    """{layer: [arrays]} from a CaffeNet, a dict, or a .caffemodel path."""
-    from .caffe import caffemodel
+    """{layer: [arrays]} from a CaffeNet, a dict, or a weights file (any format: weight_formats)."""
+    from .weight_formats import read_layers
 
     if _is_net(source):
         return {n: [b.detach().cpu().numpy() for b in blobs] for n, blobs in source.params_by_layer().items()}
     if isinstance(source, (str, Path)):
-        return caffemodel.read(source)
+        return read_layers(source)
     return {n: [np.asarray(a) for a in arrays] for n, arrays in source.items()}
 
 

@@ -1,4 +1,4 @@
-"""What the bench_* tools share: the process's memory as Linux reports it, and writing results."""
+"""What the benchmarks (`fcn bench ...`) share: the process's memory as Linux reports it, and writing results."""
 import json
 import os
 

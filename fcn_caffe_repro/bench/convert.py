@@ -7,7 +7,7 @@ the zero-copy conversion to `{layer.weight, layer.bias}` tensors, and a first pa
 tensor (which pages the file in), with the peak resident memory of each stage. Prints a markdown
 table, optionally writes JSON, and deletes the file.
 
-    python tools/bench_convert.py [--dir DIR] [--json out.json]
+    fcn bench convert [--dir DIR] [--json out.json]
 """
 
 import argparse
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bench_common import reset_peak, status_bytes  # noqa: E402  (tools/)
-from fcn_caffe_repro.caffe import caffemodel  # noqa: E402
+from ..caffe import caffemodel
+from .common import reset_peak, status_bytes
 
 C = 21
 VGG = [("conv1_1", 64, 3), ("conv1_2", 64, 64), ("conv2_1", 128, 64), ("conv2_2", 128, 128),
@@ -114,7 +113,7 @@ def main(argv=None):
         path = os.path.join(folder, "voc-fcn8s-random.caffemodel")
         write_s = write_model(path)
         size = os.path.getsize(path)
-        proc = subprocess.run([sys.executable, __file__, "--measure", path], check=True,
+        proc = subprocess.run([sys.executable, "-m", __spec__.name, "--measure", path], check=True,
                               capture_output=True, text=True)
         fig = json.loads(proc.stdout.strip().splitlines()[-1])
     size_mb = size / 2**20  # MiB, as RSS

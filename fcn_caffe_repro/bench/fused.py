@@ -17,7 +17,7 @@ upsampling) with its three upsampling steps unfused (the CaffeNet as built) and 
 --keep-freed-memory reruns it with glibc keeping freed memory, so that no path pays first-touch
 page faults for its fresh outputs (which the copy-bandwidth figure, into a reused buffer, does not).
 
-    python tools/bench_fused.py --device cpu [--batch 1 8] [--rounds 15] [--net-rounds 5] [--json out.json]
+    fcn bench fused --device cpu [--batch 1 8] [--rounds 15] [--net-rounds 5] [--json out.json]
                                 [--keep-freed-memory]
 """
 import argparse
@@ -33,10 +33,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _bench_common import reset_peak, status_bytes, write_json  # tools/
-from bench_net import build  # tools/: the full-width net with random weights
-from fcn_caffe_repro import ops
-from fcn_caffe_repro.layers import bilinear_kernel
+from .. import ops
+from ..layers import bilinear_kernel
+from .common import reset_peak, status_bytes, write_json
+from .net import build  # the full-width net with random weights
 
 METHODS = ("fused", "caffe", "plain", "interp")
 # --keep-freed-memory: glibc malloc keeps freed memory and serves blocks up to 1 GiB from its heap
@@ -203,7 +203,7 @@ def peak_memory_cpu(batches):
     """Runs the memory pass in a subprocess with MALLOC_MMAP_THRESHOLD_=64k, so every large
     buffer is mapped when allocated and unmapped when freed, and RSS follows live memory."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-pass", "--threads", str(torch.get_num_threads()),
+    cmd = [sys.executable, "-m", __spec__.name, "--memory-pass", "--threads", str(torch.get_num_threads()),
            "--batch", *map(str, batches)]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -330,7 +330,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.keep_freed_memory and os.environ.get("MALLOC_TRIM_THRESHOLD_") != KEEP_HEAP["MALLOC_TRIM_THRESHOLD_"]:
         # glibc reads these at start-up only: run this script again under them.
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)],
+        os.execve(sys.executable, [sys.executable, "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)],
                   dict(os.environ, **KEEP_HEAP))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,7 +357,7 @@ def main(argv=None):
                 machine=platform.processor() or platform.machine(),
                 gpu=torch.cuda.get_device_name() if args.device == "cuda" else None,
                 rounds=args.rounds, copy_gbs=copy_gbs, thp_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"),
-                heap="kept" if args.keep_freed_memory else "system", command=" ".join(["python", "tools/bench_fused.py", *sys.argv[1:]]))
+                heap="kept" if args.keep_freed_memory else "system", command=" ".join(["fcn", "bench", "fused", *sys.argv[1:]]))
     path = args.json or os.path.join("bench", f"bench_fused_{args.device}.json")
     write_json(path, dict(meta=meta, rows=rows, whole_net=whole, table=table))
     print(f"\nwrote {path}", file=sys.stderr)

@@ -19,11 +19,11 @@ Each configuration runs in its own process so that peaks do not mix.  Prints a m
 (with Caffe's 3.42 s per FCN-8s forward on this machine kind, from issue 8, as the external
 reference) and the issue's two checks, and writes JSON.
 
-    python tools/bench_net.py                  # 4 nets; forward at batch 1 and 4, forward+backward at
+    fcn bench net                  # 4 nets; forward at batch 1 and 4, forward+backward at
                                                # batch 1: about 9 minutes on 2 quiet cores
-    python tools/bench_net.py --train-batch 1 4  # forward+backward at batch 4 too (about 7 more minutes)
-    python tools/bench_net.py --quick          # FCN-8s, batch 1, forward and forward+backward (~1 min)
-    python tools/bench_net.py --nets voc-fcn8s --batch 1 4 --passes fwd --repeats 5 --threads 2
+    fcn bench net --train-batch 1 4  # forward+backward at batch 4 too (about 7 more minutes)
+    fcn bench net --quick          # FCN-8s, batch 1, forward and forward+backward (~1 min)
+    fcn bench net --nets voc-fcn8s --batch 1 4 --passes fwd --repeats 5 --threads 2
 
 --device cuda runs the same on a GPU (TF32 off); that path has not been run on a GPU yet.
 """
@@ -35,12 +35,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's package, not an installed copy
-from _bench_common import reset_peak, status_bytes, write_json  # noqa: E402  (tools/)
+from .common import reset_peak, status_bytes, write_json
 
 NETS = ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "voc-fcn-alexnet")
 PATHS = ("plain", "fast")
@@ -151,7 +149,7 @@ def mm_rate(device, repeats=5, n=4096):
 
 
 def spawn(cfg):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", json.dumps(cfg)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker failed for {cfg}:\n{out.stderr[-3000:]}")
@@ -283,7 +281,7 @@ def main(argv=None):
                 mm_flops_after=mm_after, mm_flops=mm,
                 load_before=load, load_after=os.getloadavg()[0],
                 wall_s=time.time() - started,
-                command=" ".join(["python", "tools/bench_net.py", *(sys.argv[1:] if argv is None else argv)]))
+                command=" ".join(["fcn", "bench", "net", *(sys.argv[1:] if argv is None else argv)]))
     print(f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, {args.size}x{args.size} float32, "
           f"median of {args.repeats} forward / {args.train_repeats} forward+backward runs after {args.warmup} warm-up, "
           f"each configuration in a fresh process; "

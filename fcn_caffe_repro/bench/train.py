@@ -3,7 +3,7 @@
 machine, the fused skip path (ours) beside the plain unfused path, measured in one run with the
 two paths' steps interleaved.
 
-    python tools/bench_train.py [--iters 4] [--size 500] [--json bench/train.json]
+    fcn bench train [--iters 4] [--size 500] [--json bench/train.json]
 """
 import argparse
 import json

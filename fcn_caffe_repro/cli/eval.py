@@ -1,30 +1,31 @@
-#!/usr/bin/env python
-"""Score a net on a dataset image by image, as the paper does, beside the published numbers.
+"""fcn eval: score a net on a dataset image by image, as the paper does, beside the published numbers.
 
-    python tools/eval.py --net voc-fcn8s --weights fcn8s-heavy-pascal.caffemodel \\
+    fcn eval --net voc-fcn8s --weights fcn8s-heavy-pascal.caffemodel \\
         --dataset voc --root ~/data/VOC2011 --split seg11valid [--save-dir preds/] [--resume]
+    fcn eval --net voc-fcn8s --weights fcn8s-heavy-pascal --dataset voc --root ~/data/VOC2011  # a fetched release file
+    fcn eval --net voc-fcn8s --dataset synthetic --data-opt n=4 --num-classes 6 --width-divisor 16  # smoke test
 
 Writes OUT/results.json (metrics, per-class IU, confusion matrix, settings, time per image) and
 OUT/results.md (the table it prints); OUT/state.json lets an interrupted run continue (--resume).
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-import fcn_caffe_repro as fcr
-from fcn_caffe_repro import evaluate
-from fcn_caffe_repro.atomic import write_json
-from fcn_caffe_repro.data import DATASETS
-from fcn_caffe_repro.data.release import PAPER_KEYS
+from .. import evaluate, paper
+from ..atomic import write_json
+from ..data import DATASETS
+from ..data.release import PAPER_KEYS
+from ..nets import build_net
+from .common import ensure_dir, parser, run_main, weights_path
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog=None):
+    p = parser(prog, __doc__)
     p.add_argument("--net", required=True, help="registry name, e.g. voc-fcn8s")
-    p.add_argument("--weights", type=Path, help=".caffemodel (omitted: random weights, for smoke tests)")
+    p.add_argument("--weights", type=weights_path,
+                   help=".caffemodel, .safetensors, .pt or a release name (omitted: random weights, for smoke tests)")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", type=Path, help="dataset directory")
     p.add_argument("--split", help="split name (default: the dataset's evaluation split)")
@@ -43,8 +44,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run(args):
     options = dict(args.data_opt)
     if args.context_dir is not None:
         options["context_dir"] = str(args.context_dir)
@@ -55,7 +55,8 @@ def main(argv=None):
     out = args.out or Path("eval") / f"{args.net}-{args.dataset}-{split}"
     if args.weights is None:
         print("warning: no --weights, the net has random weights", file=sys.stderr)
-    net = fcr.build_net(args.net, phase="deploy", num_classes=args.num_classes,
+    ensure_dir(out)
+    net = build_net(args.net, phase="deploy", num_classes=args.num_classes,
                         width_divisor=args.width_divisor, weights=args.weights).to(args.device)
     settings = {"net": args.net, "weights": str(args.weights.resolve()) if args.weights else None,
                 "dataset": args.dataset, "root": str(args.root.resolve()) if args.root else None, "split": split,
@@ -66,9 +67,8 @@ def main(argv=None):
     results = evaluate.evaluate(net, dataset, net_name=args.net, device=args.device, save_dir=args.save_dir,
                                 state_file=out / "state.json", workers=args.workers, settings=settings,
                                 progress=not args.quiet, resume=args.resume)
-    results["paper"] = fcr.paper.find(net=args.net, dataset=PAPER_KEYS.get(args.dataset))
+    results["paper"] = paper.find(net=args.net, dataset=PAPER_KEYS.get(args.dataset))
     table = evaluate.markdown_table(results, args.net, args.dataset, split)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     (out / "results.md").write_text(table + "\n")
     t = results["time"]
@@ -78,5 +78,5 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None, prog=None):
+    return run_main(build_parser, run, argv, prog)

@@ -1,23 +1,23 @@
-#!/usr/bin/env python
-"""Segment your own images: a palette-indexed label PNG and an overlay with a legend per image.
+"""fcn infer: segment your own images: a palette-indexed label PNG and an overlay with a legend per image.
 
-    python tools/infer.py --net voc-fcn8s --weights fcn8s-heavy-pascal.caffemodel photo.jpg more/ \\
+    fcn infer --net voc-fcn8s --weights fcn8s-heavy-pascal.caffemodel photo.jpg more/ \\
         --out-dir segmented/ [--device cuda]
+    fcn infer --net voc-fcn8s --weights fcn8s-heavy-pascal photo.jpg   # a release file fetched by fcn weights fetch
 
 Any image size: the net runs at the image's native size. For each input NAME.ext it writes
 OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend).
 """
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-import fcn_caffe_repro as fcr
-from fcn_caffe_repro import evaluate, visualize
-from fcn_caffe_repro.data import caffe_input
-from fcn_caffe_repro.data.common import load_rgb
+from .. import evaluate, visualize
+from ..data import caffe_input
+from ..data.common import load_rgb
+from ..nets import build_net
+from .common import ensure_dir, parser, run_main, weights_path
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -37,11 +37,12 @@ def list_images(paths):
     return images
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog=None):
+    p = parser(prog, __doc__)
     p.add_argument("inputs", nargs="+", help="images or folders of images")
     p.add_argument("--net", default="voc-fcn8s", help="registry name of a net with one colour input")
-    p.add_argument("--weights", type=Path, help=".caffemodel (omitted: random weights, for smoke tests)")
+    p.add_argument("--weights", type=weights_path,
+                   help=".caffemodel, .safetensors, .pt or a release name (omitted: random weights, for smoke tests)")
     p.add_argument("--out-dir", type=Path, default=Path("segmented"))
     p.add_argument("--num-classes", type=int, help="override the net's class count")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")
@@ -50,18 +51,17 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run(args):
     mean, classes, score = evaluate.input_defaults(args.net)
     images = list_images(args.inputs)
+    ensure_dir(args.out_dir)
     if args.weights is None:
         print("warning: no --weights, the net has random weights", file=sys.stderr)
-    net = fcr.build_net(args.net, phase="deploy", num_classes=args.num_classes, width_divisor=args.width_divisor,
+    net = build_net(args.net, phase="deploy", num_classes=args.num_classes, width_divisor=args.width_divisor,
                         weights=args.weights).to(args.device).eval()
     (input_name,) = net.inputs
     from tqdm import tqdm
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         for path in tqdm(images, unit="img", desc="infer"):
             rgb = load_rgb(path)
@@ -74,5 +74,5 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None, prog=None):
+    return run_main(build_parser, run, argv, prog)

@@ -1,21 +1,20 @@
-#!/usr/bin/env python
-"""Figures of results: predictions side by side, and per-class IU bars.
+"""fcn plot: figures of results: predictions side by side, and per-class IU bars.
 
-    # image / ground truth / FCN-32s / FCN-16s / FCN-8s, from the PNGs of tools/eval.py --save-dir
-    python tools/plot.py figure --dataset synthetic --data-opt n=50 \\
+    # image / ground truth / FCN-32s / FCN-16s / FCN-8s, from the PNGs of fcn eval --save-dir
+    fcn plot figure --dataset synthetic --data-opt n=50 \\
         --pred FCN-32s=preds32 --pred FCN-16s=preds16 --pred FCN-8s=preds8 --indices 0 1 2 --out results.png
     # per-class IU of several runs, from their results.json
-    python tools/plot.py iu --results FCN-32s=eval32/results.json --results FCN-8s=eval8/results.json --out iu.png
+    fcn plot iu --results FCN-32s=eval32/results.json --results FCN-8s=eval8/results.json --out iu.png
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from fcn_caffe_repro import evaluate, visualize
+from .. import evaluate, visualize
+from .common import parser, run_main
 
 
 def named_path(text):
@@ -25,8 +24,8 @@ def named_path(text):
     return name, Path(path)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog=None):
+    p = parser(prog, __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("figure", help="image / ground truth / predictions, one row per image")
     f.add_argument("--dataset", required=True)
@@ -34,7 +33,7 @@ def build_parser():
     f.add_argument("--split")
     f.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--pred", type=named_path, action="append", required=True, metavar="NAME=DIR",
-                   help="a column: folder of palette PNGs named by image id (tools/eval.py --save-dir)")
+                   help="a column: folder of palette PNGs named by image id (fcn eval --save-dir)")
     f.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3])
     f.add_argument("--out", type=Path, default=Path("results.png"))
     b = sub.add_parser("iu", help="grouped bars of per-class IU")
@@ -76,13 +75,11 @@ def iu(args):
     return args.out
 
 
-def main(argv=None):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    args = build_parser().parse_args(argv)
+def run(args):
     out = figure(args) if args.command == "figure" else iu(args)
     print(f"wrote {out}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None, prog=None):
+    return run_main(build_parser, run, argv, prog)

@@ -1,33 +1,31 @@
-#!/usr/bin/env python
-"""Train an FCN with Caffe's solver, as the release's solve.py scripts do.
+"""fcn train: train an FCN with Caffe's solver, as the release's solve.py scripts do.
 
-    python tools/train.py --net voc-fcn32s --solver prototxt/voc-fcn32s/solver.prototxt \\
-        --init vgg16.caffemodel --dataset sbd --root ~/data/sbd --val voc:seg11valid --val-root ~/data/VOC2011
-    torchrun --nproc_per_node 4 tools/train.py ...      # one image per process per pass; see distributed.py
+    fcn train --net voc-fcn32s --solver prototxt/voc-fcn32s/solver.prototxt \\
+        --init vgg16 --dataset sbd --root ~/data/sbd --val voc:seg11valid --val-root ~/data/VOC2011
+    torchrun --nproc_per_node 4 -m fcn_caffe_repro train ...   # one image per process per pass; see distributed.py
 
 OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, validation, snapshot),
 snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-from fcn_caffe_repro import distributed, evaluate
-from fcn_caffe_repro.data import DATASETS
-from fcn_caffe_repro.data.release import SEED
-from fcn_caffe_repro.errors import CaffeError
-from fcn_caffe_repro.nets import build_net, data_layer_params
-from fcn_caffe_repro.surgery import staged_init
-from fcn_caffe_repro.training import Trainer, make_solver
+from .. import distributed, evaluate
+from ..data import DATASETS
+from ..data.release import SEED
+from ..nets import build_net, data_layer_params
+from ..surgery import staged_init
+from ..training import Trainer, make_solver
+from .common import UsageError, parser, run_main, weights_path
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog=None):
+    p = parser(prog, __doc__)
     p.add_argument("--net", help="registry name, e.g. voc-fcn32s (needed for validation)")
     p.add_argument("--solver", type=Path, help="Caffe solver.prototxt (default: the release's for --net)")
-    p.add_argument("--init", type=Path, help="initial weights: a classifier (transplanted, fc6/fc7 coerced) "
+    p.add_argument("--init", type=weights_path, help="initial weights (a file or a release name): a classifier (transplanted, fc6/fc7 coerced) "
                                              "or the previous stage (FCN-32s for 16s, 16s for 8s)")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", type=Path, help="training dataset directory")
@@ -60,46 +58,41 @@ def data_seed(net_name):
     return int(data_layer_params(net_name, "train")[1].get("seed", SEED))
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run(args):
     if args.net is None and args.solver is None:
-        raise SystemExit("give --net, --solver or both")
+        raise UsageError("give --net, --solver or both")
+    if args.val and args.net is None:
+        raise UsageError("--val needs --net (validation runs the net's deploy definition)")
     cpu = args.device is not None and torch.device(args.device).type == "cpu"
     device = distributed.init_from_env("gloo" if cpu else None)  # joins torchrun's group, if any
     if args.device is not None and not (device.type == "cuda" and torch.device(args.device).type == "cuda"):
         device = torch.device(args.device)
     rank, world = distributed.rank_and_world()
     overrides = {"max_iter": args.max_iter} if args.max_iter else {}
-    try:
-        solver = make_solver(args.net, args.solver, device, args.num_classes, args.width_divisor, overrides)
-        staged_init(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
-        if world > 1:
-            distributed.make_distributed(solver)
-        train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
-        val = val_net = None
-        if args.val:
-            if args.net is None:
-                raise SystemExit("--val needs --net (validation runs the net's deploy definition)")
-            name, _, split = args.val.partition(":")
-            val = evaluate.make_dataset(name, args.val_root or args.root, split or None, args.net,
-                                        **dict(args.val_opt))
-            val_net = build_net(args.net, "deploy", args.num_classes, args.width_divisor).to(device)
-        out = args.out or Path("runs") / (args.net or args.solver.parent.name)
-        trainer = Trainer(solver, train, out, seed=args.seed if args.seed is not None else data_seed(args.net),
-                          val=val, val_net=val_net, val_every=args.val_every, val_limit=args.val_limit,
-                          snapshot_every=args.snapshot_every, device=device, workers=args.workers,
-                          progress=not args.quiet, net_name=args.net)
-        if args.resume:
-            if not trainer.resume(None if args.resume == "latest" else args.resume) and rank == 0:
-                print(f"no snapshot in {trainer.snapshot_dir}: starting from iteration 0", file=sys.stderr)
-        trainer.run()
-    except CaffeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    solver = make_solver(args.net, args.solver, device, args.num_classes, args.width_divisor, overrides)
+    staged_init(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
+    if world > 1:
+        distributed.make_distributed(solver)
+    train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
+    val = val_net = None
+    if args.val:
+        name, _, split = args.val.partition(":")
+        val = evaluate.make_dataset(name, args.val_root or args.root, split or None, args.net,
+                                    **dict(args.val_opt))
+        val_net = build_net(args.net, "deploy", args.num_classes, args.width_divisor).to(device)
+    out = args.out or Path("runs") / (args.net or args.solver.parent.name)
+    trainer = Trainer(solver, train, out, seed=args.seed if args.seed is not None else data_seed(args.net),
+                      val=val, val_net=val_net, val_every=args.val_every, val_limit=args.val_limit,
+                      snapshot_every=args.snapshot_every, device=device, workers=args.workers,
+                      progress=not args.quiet, net_name=args.net)
+    if args.resume:
+        if not trainer.resume(None if args.resume == "latest" else args.resume) and rank == 0:
+            print(f"no snapshot in {trainer.snapshot_dir}: starting from iteration 0", file=sys.stderr)
+    trainer.run()
     if rank == 0:
         print(f"done at iteration {solver.iter}; smoothed loss {solver.smoothed_loss:.6g}; run in {out}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None, prog=None):
+    return run_main(build_parser, run, argv, prog)

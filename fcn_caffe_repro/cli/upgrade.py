@@ -1,28 +1,29 @@
-"""Upgrade a legacy Caffe net prototxt (V0/V1 layers, net-level inputs) to today's text format.
+"""fcn upgrade: upgrade a legacy Caffe net prototxt (V0/V1 layers, net-level inputs) to today's text format.
 
-Like Caffe's upgrade_net_proto_text: `python tools/upgrade_prototxt.py IN OUT`.
+Like Caffe's upgrade_net_proto_text:
+
+    fcn upgrade VGG_ILSVRC_16_layers_deploy.prototxt vgg16_deploy.prototxt
 """
-import argparse
-import sys
-
-from fcn_caffe_repro.caffe import prototxt
-from fcn_caffe_repro.caffe.upgrade import upgrade_net
-from fcn_caffe_repro.errors import CaffeError
+from ..atomic import atomic_write
+from ..caffe import prototxt
+from ..caffe.upgrade import upgrade_net
+from .common import parser, run_main
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="legacy (or current) NetParameter prototxt")
-    parser.add_argument("output", help="where to write the upgraded prototxt")
-    args = parser.parse_args(argv)
-    try:
-        net = upgrade_net(prototxt.load(args.input))
-    except (CaffeError, OSError) as e:
-        sys.exit(f"upgrade_prototxt: {e}")
-    with open(args.output, "w") as f:
-        f.write(prototxt.dumps(net))
+def build_parser(prog=None):
+    p = parser(prog, __doc__)
+    p.add_argument("input", help="legacy (or current) NetParameter prototxt")
+    p.add_argument("output", help="where to write the upgraded prototxt")
+    return p
+
+
+def run(args):
+    net = upgrade_net(prototxt.load(args.input))
+    with atomic_write(args.output) as f:
+        f.write(prototxt.dumps(net).encode())
     print(f"wrote {args.output}")
+    return 0
 
 
-if __name__ == "__main__":
-    main()
+def main(argv=None, prog=None):
+    return run_main(build_parser, run, argv, prog)

@@ -1,0 +1,26 @@
+"""fcn bench: the benchmarks (programs, not tests: a markdown table and JSON), fcn_caffe_repro/bench/.
+
+    fcn bench net --quick           # whole nets: the plain path beside the fast mode
+    fcn bench fused --rounds 15     # the fused skip op on FCN-8s's three upsampling calls
+    fcn bench convert               # reading a full-size caffemodel
+    fcn bench train --iters 6       # Caffe SGD iterations per second, fused and plain
+    fcn bench net --help            # each benchmark's own options
+"""
+import importlib
+import sys
+
+BENCHMARKS = ("net", "fused", "convert", "train")
+
+
+def main(argv=None, prog=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or "fcn bench"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(BENCHMARKS)}}} [ARGS ...]\n\n{__doc__}", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in BENCHMARKS:
+        print(f"usage: {prog} {{{','.join(BENCHMARKS)}}} [ARGS ...]\n{prog}: error: unknown benchmark "
+              f"'{argv[0]}' (choose from {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{__package__.rpartition('.')[0]}.bench.{argv[0]}")
+    return module.main(argv[1:]) or 0
