@@ -259,7 +259,7 @@ class Deconvolution(_ConvBase):
 # --- pooling --------------------------------------------------------------------------------
 def caffe_pool_size(size, kernel, stride, pad):
     """Caffe rounds up, then drops a last window that would start inside the padding."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+    out = -(-(size + 2 * pad - kernel) // stride) + 1  # integer ceil: exact, and symbolic sizes (export) stay symbolic
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -414,7 +414,7 @@ class Eltwise(CaffeLayer):
             raise spec.error("Eltwise coeffs are for SUM only, one per bottom")
 
     def forward(self, *xs):
-        if len({tuple(x.shape) for x in xs}) != 1:
+        if any(x.shape != xs[0].shape for x in xs[1:]):  # not a set: traced sizes (export) are tensors
             raise NetError(f"Eltwise bottoms must have equal shapes, got {[tuple(x.shape) for x in xs]}",
                            layer=self.layer_name)
         if self.op == "SUM":
