@@ -108,7 +108,10 @@ def write_safetensors(path, tensors, metadata=None):
 def read_torch(path):
     """{key: array} of a torch.save state_dict, loaded with weights_only=True (no code runs)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file, not a path: torch.load picks safetensors by a path's suffix
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except Exception as e:  # noqa: BLE001  torch raises many kinds (pickle, zip, unsupported globals)
         raise WeightsError(f"not a loadable torch state_dict ({type(e).__name__}: {str(e).splitlines()[0]})",
                            path) from None
