@@ -47,18 +47,17 @@ def layer_table(net):
 def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, progress=True):
     """Load, verify, save; returns (rows, output shapes, timings)."""
     t0 = time.perf_counter()
-    steps = tqdm(total=3, desc="convert", disable=not progress, unit="step")
-    steps.set_postfix_str("loading")
-    caffe_net = load_net(model, net, prototxt, num_classes)
-    steps.update()
-    t1 = time.perf_counter()
-    steps.set_postfix_str("verifying")
-    shapes = verify(caffe_net) if check else {}
-    steps.update()
-    t2 = time.perf_counter()
-    steps.set_postfix_str("saving")
-    write_state(out, caffe_net.state_dict(), metadata={"net": net or str(prototxt), "source": str(model)})
-    steps.update()
-    steps.close()
+    with tqdm(total=3, desc="convert", disable=not progress, unit="step") as steps:  # closed on errors too
+        steps.set_postfix_str("loading")
+        caffe_net = load_net(model, net, prototxt, num_classes)
+        steps.update()
+        t1 = time.perf_counter()
+        steps.set_postfix_str("verifying")
+        shapes = verify(caffe_net) if check else {}
+        steps.update()
+        t2 = time.perf_counter()
+        steps.set_postfix_str("saving")
+        write_state(out, caffe_net.state_dict(), metadata={"net": net or str(prototxt), "source": str(model)})
+        steps.update()
     t3 = time.perf_counter()
     return layer_table(caffe_net), shapes, {"load": t1 - t0, "verify": t2 - t1, "save": t3 - t2, "total": t3 - t0}

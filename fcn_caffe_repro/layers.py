@@ -352,8 +352,11 @@ class LRN(CaffeLayer):
         pad = (self.size - 1) // 2
         sq = x * x
         if self.region == "ACROSS_CHANNELS":
-            summed = F.avg_pool3d(F.pad(sq, (0, 0, 0, 0, pad, pad)).unsqueeze(1), (self.size, 1, 1),
-                                  stride=1, divisor_override=1).squeeze(1)
+            # shifted channel slices summed: plain ops every exporter maps (ONNX has no divisor_override)
+            padded, channels = F.pad(sq, (0, 0, 0, 0, pad, pad)), x.shape[1]
+            summed = padded[:, :channels]
+            for i in range(1, self.size):
+                summed = summed + padded[:, i:i + channels]
             scale = self.k + (self.alpha / self.size) * summed
         else:
             mean = F.avg_pool2d(sq, self.size, 1, pad, count_include_pad=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import evaluate, reproduce
-from ..nets import build_net
+from ..nets import build_net, net_spec
 from .common import UsageError, ensure_dir, parser, run_main, weights_path
 
 
@@ -32,6 +32,8 @@ def weights_arg(text):
 
 
 def original_weights(args):
+    for net_name, _ in args.weights:
+        net_spec(net_name, "deploy")  # an unknown net fails here, before any dataset is read
     for net_name, path in args.weights:
         dataset = evaluate.make_dataset("voc", args.root, args.split, net_name)
         if args.limit:
