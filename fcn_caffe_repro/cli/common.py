@@ -60,6 +60,13 @@ def weights_path(text):
         raise argparse.ArgumentTypeError(e.args[0]) from None
 
 
+def class_count(args, dataset):
+    """--num-classes, else the class count of an own-data folder dataset (else the net's own)."""
+    if args.num_classes is not None:
+        return args.num_classes
+    return dataset.num_classes if args.dataset == "folder" else None
+
+
 def ensure_dir(path):
     """Make an output folder, so that an unwritable place fails before any work."""
     path = Path(path)

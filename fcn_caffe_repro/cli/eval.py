@@ -4,6 +4,7 @@
         --dataset voc --root ~/data/VOC2011 --split seg11valid [--save-dir preds/] [--resume]
     fcn eval --net voc-fcn8s --weights fcn8s-heavy-pascal --dataset voc --root ~/data/VOC2011  # a fetched release file
     fcn eval --net voc-fcn8s --dataset synthetic --data-opt n=4 --num-classes 6 --width-divisor 16  # smoke test
+    fcn eval --net voc-fcn8s --weights mine.safetensors --dataset folder --root my_data --split val  # your own data
 
 Writes OUT/results.json (metrics, per-class IU, confusion matrix, settings, time per image) and
 OUT/results.md (the table it prints); OUT/state.json lets an interrupted run continue (--resume).
@@ -18,7 +19,7 @@ from ..atomic import write_json
 from ..data import DATASETS
 from ..data.release import PAPER_KEYS
 from ..nets import build_net
-from .common import ensure_dir, parser, run_main, weights_path
+from .common import class_count, ensure_dir, parser, run_main, weights_path
 
 
 def build_parser(prog=None):
@@ -32,7 +33,7 @@ def build_parser(prog=None):
     p.add_argument("--context-dir", type=Path, help="PASCAL-Context annotation directory")
     p.add_argument("--data-opt", type=evaluate.dataset_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra dataset argument, e.g. --data-opt n=50 for synthetic")
-    p.add_argument("--num-classes", type=int, help="override the net's class count")
+    p.add_argument("--num-classes", type=int, help="override the net's class count (default with --dataset folder: its own)")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -56,6 +57,7 @@ def run(args):
     if args.weights is None:
         print("warning: no --weights, the net has random weights", file=sys.stderr)
     ensure_dir(out)
+    args.num_classes = class_count(args, dataset)
     net = build_net(args.net, phase="deploy", num_classes=args.num_classes,
                         width_divisor=args.width_divisor, weights=args.weights).to(args.device)
     settings = {"net": args.net, "weights": str(args.weights.resolve()) if args.weights else None,

@@ -3,6 +3,7 @@
     fcn infer --net voc-fcn8s --weights fcn8s-heavy-pascal.caffemodel photo.jpg more/ \\
         --out-dir segmented/ [--device cuda]
     fcn infer --net voc-fcn8s --weights fcn8s-heavy-pascal photo.jpg   # a release file fetched by fcn weights fetch
+    fcn infer --net voc-fcn8s --weights runs/mine.caffemodel --classes my_data/classes.txt photos/   # own classes
 
 Any image size: the net runs at the image's native size. For each input NAME.ext it writes
 OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend).
@@ -16,6 +17,7 @@ from PIL import Image
 from .. import evaluate, visualize
 from ..data import caffe_input
 from ..data.common import load_rgb
+from ..data.folder import parse_mean, read_classes
 from ..nets import build_net
 from .common import ensure_dir, parser, run_main, weights_path
 
@@ -44,7 +46,9 @@ def build_parser(prog=None):
     p.add_argument("--weights", type=weights_path,
                    help=".caffemodel, .safetensors, .pt or a release name (omitted: random weights, for smoke tests)")
     p.add_argument("--out-dir", type=Path, default=Path("segmented"))
-    p.add_argument("--num-classes", type=int, help="override the net's class count")
+    p.add_argument("--num-classes", type=int, help="override the net's class count (default with --classes: theirs)")
+    p.add_argument("--classes", type=Path, help="a class list, one name per line (a folder dataset's classes.txt)")
+    p.add_argument("--mean", help="the BGR mean the net was trained with, B,G,R (default: the net's dataset's)")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay")
@@ -53,6 +57,11 @@ def build_parser(prog=None):
 
 def run(args):
     mean, classes, score = evaluate.input_defaults(args.net)
+    if args.classes is not None:
+        classes = read_classes(args.classes)
+        args.num_classes = args.num_classes or len(classes)
+    if args.mean is not None:
+        mean = parse_mean(args.mean)
     images = list_images(args.inputs)
     ensure_dir(args.out_dir)
     if args.weights is None:

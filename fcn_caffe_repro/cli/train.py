@@ -1,9 +1,12 @@
 """fcn train: train an FCN with Caffe's solver, as the release's solve.py scripts do.
 
     fcn train --net voc-fcn32s --solver prototxt/voc-fcn32s/solver.prototxt \\
-        --init vgg16 --dataset sbd --root ~/data/sbd --val voc:seg11valid --val-root ~/data/VOC2011
+        --init VGG_ILSVRC_16_layers --dataset sbd --root ~/data/sbd --val voc:seg11valid --val-root ~/data/VOC2011
+    fcn train --net voc-fcn32s --init VGG_ILSVRC_16_layers --dataset folder --root my_data --split train \
+        --val folder:val                                # your own data: classes.txt sets the class count
     torchrun --nproc_per_node 4 -m fcn_caffe_repro train ...   # one image per process per pass; see distributed.py
 
+--init is a file (.caffemodel, .safetensors, .pt) or a release name (fcn weights fetch NAME).
 OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, validation, snapshot),
 snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
 """
@@ -18,7 +21,7 @@ from ..data.release import SEED
 from ..nets import build_net, data_layer_params
 from ..surgery import staged_init
 from ..training import Trainer, make_solver
-from .common import UsageError, parser, run_main, weights_path
+from .common import UsageError, class_count, parser, run_main, weights_path
 
 
 def build_parser(prog=None):
@@ -39,7 +42,7 @@ def build_parser(prog=None):
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
     p.add_argument("--snapshot-every", type=int, help="override the solver's snapshot interval")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=int, help="the net's class count (default with --dataset folder: its own)")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (smoke tests)")
     p.add_argument("--seed", type=int, help="image-order seed (default: the train data layer's, 1337)")
     p.add_argument("--device", default=None, help="default: cuda if available (one GPU per process)")
@@ -69,11 +72,12 @@ def run(args):
         device = torch.device(args.device)
     rank, world = distributed.rank_and_world()
     overrides = {"max_iter": args.max_iter} if args.max_iter else {}
+    train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
+    args.num_classes = class_count(args, train)
     solver = make_solver(args.net, args.solver, device, args.num_classes, args.width_divisor, overrides)
     staged_init(solver.net, args.init, log=print if rank == 0 and not args.quiet else None)
     if world > 1:
         distributed.make_distributed(solver)
-    train = evaluate.make_dataset(args.dataset, args.root, args.split, args.net, **dict(args.data_opt))
     val = val_net = None
     if args.val:
         name, _, split = args.val.partition(":")

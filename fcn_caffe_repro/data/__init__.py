@@ -5,6 +5,7 @@ tops (``ds.tops``): float32 C×H×W inputs (BGR minus ``ds.mean``) and uint8 H×
 ``ds.classes`` names the classes, ``ds.tasks`` maps each label top to its class names.
 """
 from .common import DatasetError, DatasetFileError, SegDataset, caffe_input, to_rgb
+from .folder import Folder
 from .nyud import NYUD
 from .pascal_context import PascalContext
 from .sbd import SBD
@@ -13,7 +14,7 @@ from .synthetic import Synthetic
 from .voc import VOC
 
 DATASETS = {"voc": VOC, "sbd": SBD, "pascal-context": PascalContext, "nyud": NYUD, "siftflow": SIFTFlow,
-            "synthetic": Synthetic}
+            "synthetic": Synthetic, "folder": Folder}
 
-__all__ = ["VOC", "SBD", "PascalContext", "NYUD", "SIFTFlow", "Synthetic", "SegDataset", "DatasetError",
+__all__ = ["Folder", "VOC", "SBD", "PascalContext", "NYUD", "SIFTFlow", "Synthetic", "SegDataset", "DatasetError",
            "DatasetFileError", "DATASETS", "caffe_input", "to_rgb"]
