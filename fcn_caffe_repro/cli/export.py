@@ -8,7 +8,7 @@
 Inputs and outputs keep the net's blob names (data -> score). Without --height/--width the net's
 deploy size is used (500x500; SIFT Flow 256x256). With onnxruntime installed (the [export] extra)
 the ONNX file is run at once on a random image and compared with the net: the max difference
-over the max output is printed (and is an error above 1e-4). OpenCV reads the file too:
+over the max output is printed (and is an error above 1e-5). OpenCV reads the file too:
 cv2.dnn.readNetFromONNX (at a fixed size).
 """
 from pathlib import Path
@@ -18,7 +18,7 @@ from ..net import CaffeNet
 from ..nets import build_net
 from .common import UsageError, parser, run_main, weights_path
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5
 
 
 def build_parser(prog=None):
