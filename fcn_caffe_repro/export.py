@@ -25,7 +25,8 @@ class ExportError(CaffeError, ValueError):
 
 
 class Exportable(nn.Module):
-    """The net with positional inputs and a tuple of outputs, on its plain layer plan."""
+    """The net with positional inputs and a tuple of outputs, on its plain layer plan (the net's
+    own plan is reset to its layers: call net.fuse() or net.optimize() again to run it fast)."""
 
     def __init__(self, net):
         super().__init__()

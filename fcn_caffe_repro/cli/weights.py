@@ -8,7 +8,6 @@
 The cache is $FCN_CACHE, else $XDG_CACHE_HOME/fcn_caffe_repro, else ~/.cache/fcn_caffe_repro.
 `verify` exits 0 for a release file whose checksum matches the record, 1 for an unknown file.
 """
-import sys
 from pathlib import Path
 
 from .. import paper
