@@ -4,7 +4,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_not_source
 from .errors import NetError
 
 
@@ -44,7 +44,9 @@ def layer_table(net):
 
 
 def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, progress=True):
-    """Load, verify, save; returns (rows, output shapes, timings)."""
+    """Load, verify, save; returns (rows, output shapes, timings). `out` may not be an input file."""
+    sources = [model, prototxt]
+    check_not_source(out, sources)  # before the work, not only at the write
     t0 = time.perf_counter()
     steps = tqdm(total=3, desc="convert", disable=not progress, unit="step")
     steps.set_postfix_str("loading")
@@ -56,7 +58,7 @@ def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, p
     steps.update()
     t2 = time.perf_counter()
     steps.set_postfix_str("saving")
-    with atomic_write(out) as f:
+    with atomic_write(out, sources) as f:
         torch.save(caffe_net.state_dict(), f)
     steps.update()
     steps.close()

@@ -20,6 +20,15 @@ from .plan import layer_steps, with_frees
 
 
 
+def _shape_equals(file_shape, param_shape):
+    """Caffe's Blob::ShapeEquals for a trained blob: the same shape, or a legacy 4-D blob whose
+    (num, channels, height, width) is the parameter's shape with leading axes of 1."""
+    if file_shape == param_shape:
+        return True
+    return len(file_shape) == 4 and len(param_shape) <= 4 and \
+        file_shape == (1,) * (4 - len(param_shape)) + param_shape
+
+
 class CaffeNet(nn.Module):
     def __init__(self, spec, phase="test", weights=None, input_shapes=None):
         super().__init__()
@@ -200,9 +209,11 @@ class CaffeNet(nn.Module):
     def load_caffemodel(self, source, strict=True):
         """Copy weights from a .caffemodel path or a {layer: [arrays]} dict, matched by layer name.
 
-        Everything is checked before anything is assigned. Element counts must match (shapes may
-        differ, e.g. legacy 4-D or fc->conv); strict=True raises on any mismatch, strict=False
-        returns (missing: net layers without weights, unexpected: file layers the net lacks).
+        Everything is checked before anything is assigned. Shapes must match as in Caffe's
+        CopyTrainedLayersFrom (Blob::ShapeEquals): exactly, or a legacy 4-D (num, channels,
+        height, width) blob against the parameter's shape padded with leading 1s; strict=True raises
+        on any missing or unexpected layer, strict=False returns (missing: net layers without
+        weights, unexpected: file layers the net lacks).
         """
         path = str(source) if isinstance(source, (str, Path)) else None
         blobs = caffemodel.read(source) if path else source
@@ -218,9 +229,10 @@ class CaffeNet(nn.Module):
                 raise CaffemodelError(f"{len(arrays)} blobs in the file, the net's layer has {len(params)}",
                                       file=path, layer=name)
             for i, (a, p) in enumerate(zip(arrays, params)):
-                if a.size != p.numel():
-                    raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)} ({a.size} values); the net "
-                                          f"expects {tuple(p.shape)} ({p.numel()} values)", file=path, layer=name)
+                if not _shape_equals(tuple(a.shape), tuple(p.shape)):
+                    raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)}; the net expects "
+                                          f"{tuple(p.shape)} (Caffe copies a blob only into its own "
+                                          "shape)", file=path, layer=name)
                 plan.append((p, a))
         missing = [n for n in own if n not in blobs]
         if strict and (missing or unexpected):

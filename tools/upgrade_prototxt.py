@@ -5,6 +5,7 @@ Like Caffe's upgrade_net_proto_text: `python tools/upgrade_prototxt.py IN OUT`.
 import argparse
 import sys
 
+from fcn_caffe_repro.atomic import atomic_write
 from fcn_caffe_repro.caffe import prototxt
 from fcn_caffe_repro.caffe.upgrade import upgrade_net
 from fcn_caffe_repro.errors import CaffeError
@@ -17,10 +18,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         net = upgrade_net(prototxt.load(args.input))
+        with atomic_write(args.output, sources=[args.input]) as f:
+            f.write(prototxt.dumps(net).encode())
     except (CaffeError, OSError) as e:
         sys.exit(f"upgrade_prototxt: {e}")
-    with open(args.output, "w") as f:
-        f.write(prototxt.dumps(net))
     print(f"wrote {args.output}")
 
 

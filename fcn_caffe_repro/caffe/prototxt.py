@@ -8,6 +8,7 @@ the file, line and column of a bad value.
 import math
 import re
 
+from ..atomic import open_regular
 from ..errors import PrototxtError
 
 # Fields whose values are enums in caffe.proto: a Python str given for them prints bare.
@@ -373,7 +374,7 @@ def loads(text, file=None):
 
 def load(path):
     """Parse a protobuf text file."""
-    with open(path, "rb") as f:
+    with open_regular(path, lambda msg: PrototxtError(msg, str(path))) as f:
         return loads(f.read(), file=str(path))
 
 
