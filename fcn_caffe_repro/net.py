@@ -100,7 +100,7 @@ class CaffeNet(nn.Module):
             declared = [(batch, 3, crop, crop), (batch,)][:len(spec.top)]
         else:
             declared = [(1, TOP_CHANNELS.get(t, 3), 500, 500) for t in spec.top]  # a Python layer declares none
-        return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]
+        return [L.check_blob_shape(spec, tuple(given.get(t, d)), f"input '{t}'") for t, d in zip(spec.top, declared)]
 
     def shapes_for(self, input_shapes):
         """Every blob's shape for the given input shapes ({top: shape}), computed on meta tensors."""
@@ -125,7 +125,7 @@ class CaffeNet(nn.Module):
             tops = torch.func.functional_call(module, params, tuple(bottoms))
         except NetError:
             raise
-        except (RuntimeError, ValueError, IndexError) as e:
+        except (RuntimeError, ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError) as e:
             raise NetError(f"cannot run on bottoms of shapes {bottom_shapes}: {e}", layer=module.layer_name) from None
         if len(tops) != len(module.spec.top):
             raise NetError(f"{module.spec.type} gives {len(tops)} top(s), the layer names "
@@ -183,6 +183,7 @@ class CaffeNet(nn.Module):
                     if not torch.is_tensor(x):
                         raise NetError(f"input '{top}' must be a tensor", layer=step.name)
                     module.check(top, x)
+                    self._check_dtype(top, x, step.name)
                     blobs[top] = x
                 continue
             tops = module(*[blobs[b] for b in step.bottom])
@@ -194,6 +195,13 @@ class CaffeNet(nn.Module):
         if return_blobs:
             return blobs
         return {name: blobs[name] for name in self.outputs}
+
+    def _check_dtype(self, top, x, layer):
+        """A floating input must have the parameters' dtype (convert the net with .to(dtype))."""
+        param = next(self.parameters(), None)
+        if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+            raise NetError(f"input '{top}' is {x.dtype}, the net's parameters are {param.dtype}; "
+                           f"convert the input or the net (net.to({x.dtype}))", layer=layer)
 
     def objective(self, blobs):
         """Caffe's objective: the sum of loss tops times their loss weights."""

@@ -190,12 +190,15 @@ def _canon(v):
     return ("num", float(v))
 
 
+_INT_RANGE = (-(1 << 63), 1 << 64)  # protobuf's widest integers, int64 and uint64
+
+
 def _as_int(v):
     if isinstance(v, bool) or isinstance(v, str):
         return None
     if isinstance(v, float):
-        return int(v) if v.is_integer() else None
-    return v
+        v = int(v) if v.is_integer() else None
+    return v if v is not None and _INT_RANGE[0] <= v < _INT_RANGE[1] else None
 
 
 def _as_float(v):
