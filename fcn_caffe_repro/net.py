@@ -47,9 +47,11 @@ class CaffeNet(nn.Module):
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
-    def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None):
-        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with a .caffemodel."""
-        return cls(NetSpec.from_prototxt(path), phase=phase, weights=weights, input_shapes=input_shapes)
+    def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None, unknown_fields="error"):
+        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with a .caffemodel; fields
+        caffe.proto lacks are errors unless unknown_fields="warn" (NetSpec.from_prototxt)."""
+        return cls(NetSpec.from_prototxt(path, unknown_fields), phase=phase, weights=weights,
+                   input_shapes=input_shapes)
 
     def _build(self, input_shapes):
         shapes = {}

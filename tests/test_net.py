@@ -162,3 +162,19 @@ def test_a_top_produced_by_two_layers_is_refused_but_in_place_is_not():
         'layer { name: "t" type: "ReLU" bottom: "data" top: "x" include { phase: TRAIN } }\n' \
         'layer { name: "v" type: "ReLU" bottom: "data" top: "x" include { phase: TEST } }\n'
     assert "v" in dict(fcr.CaffeNet(fcr.NetSpec.from_prototxt(phased), phase="test").layer_modules())
+
+
+def test_unknown_fields_are_errors_with_an_explicit_opt_out(tmp_path):
+    """protobuf's text parser rejects a field its message lacks (a typo'd kernal_size beside
+    kernel_size was silently ignored); unknown_fields="warn" names each and ignores it."""
+    path = tmp_path / "typo.prototxt"
+    path.write_text(SPEC_NET.format(H=8, N=4, K=3, S=2).replace("kernel_size: 3", "kernel_size: 3\n  kernal_size: 5"))
+    with pytest.raises(PrototxtError, match=r"typo.prototxt:4:3: unknown field 'kernal_size' in ConvolutionParameter"):
+        fcr.CaffeNet.from_prototxt(path)
+    path.write_text(path.read_text().replace('top: "pool"', 'top: "pool" fork_field: 1'))
+    with pytest.warns(UserWarning) as record:
+        net = fcr.CaffeNet.from_prototxt(path, unknown_fields="warn")
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and "typo.prototxt:4:3: unknown field 'kernal_size'" in messages[0]
+    assert "typo.prototxt:5:" in messages[1] and "'fork_field' in LayerParameter" in messages[1]
+    assert net.layer("conv").kernel == (3, 3) and "kernal_size" not in net.to_prototxt()

@@ -10,6 +10,7 @@ from collections import Counter
 
 from ..errors import NetError, PrototxtError
 from . import prototxt
+from .proto import check_fields
 from .prototxt import Enum, Message
 
 PHASES = {"train": "TRAIN", "test": "TEST", "val": "TEST", "deploy": "TEST"}
@@ -118,12 +119,15 @@ class NetSpec:
         return spec
 
     @classmethod
-    def from_prototxt(cls, path_or_text):
-        """From a prototxt file path, or from prototxt text if it contains a newline or brace."""
+    def from_prototxt(cls, path_or_text, unknown_fields="error"):
+        """From a prototxt file path, or from prototxt text if it contains a newline or brace.
+        A field caffe.proto's NetParameter does not have is an error, as in Caffe; unknown_fields=
+        "warn" ignores such fields (files of Caffe forks), naming each in a warning."""
         text = str(path_or_text)
         if "\n" in text or "{" in text:
-            return cls.from_message(prototxt.loads(text))
-        return cls.from_message(prototxt.load(text), file=text)
+            return cls.from_message(check_fields(prototxt.loads(text), "NetParameter", unknown_fields))
+        msg = check_fields(prototxt.load(text), "NetParameter", unknown_fields)
+        return cls.from_message(msg, file=text)
 
     def validate(self, one_source=False):
         """Every layer has a name and a type, and every bottom is produced by an earlier layer;
