@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 4 tools/train.py ...      # one image per process per pass; see distributed.py
 
 OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, validation, snapshot),
-snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
+snapshots/train_iter_N/ (solver state and .caffemodel, written as one); --resume continues from the newest
+complete one.
 """
 import argparse
 import sys
