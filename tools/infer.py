@@ -5,19 +5,18 @@
         --out-dir segmented/ [--device cuda]
 
 Any image size: the net runs at the image's native size. For each input NAME.ext it writes
-OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend).
+OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend);
+an unreadable image is reported and skipped, the others still segmented (exit status 1).
 """
 import argparse
 import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 import fcn_caffe_repro as fcr
-from fcn_caffe_repro import evaluate, visualize
-from fcn_caffe_repro.data import caffe_input
-from fcn_caffe_repro.data.common import load_rgb
+from fcn_caffe_repro import evaluate
+from fcn_caffe_repro.infer import segment_files
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -58,19 +57,12 @@ def main(argv=None):
         print("warning: no --weights, the net has random weights", file=sys.stderr)
     net = fcr.build_net(args.net, phase="deploy", num_classes=args.num_classes, width_divisor=args.width_divisor,
                         weights=args.weights).to(args.device).eval()
-    (input_name,) = net.inputs
-    from tqdm import tqdm
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode():
-        for path in tqdm(images, unit="img", desc="infer"):
-            rgb = load_rgb(path)
-            x = caffe_input(rgb, mean).to(args.device)
-            label = evaluate.predict(net, {input_name: x}, score).cpu()
-            visualize.save_label_png(args.out_dir / f"{path.stem}.png", label)
-            Image.fromarray(visualize.overlay(rgb, label, classes, args.alpha)).save(
-                args.out_dir / f"{path.stem}_overlay.png")
-    print(f"wrote {2 * len(images)} files to {args.out_dir}")
+    written, skipped = segment_files(net, images, args.out_dir, mean, classes, score, args.alpha, args.device)
+    print(f"wrote {len(written)} files to {args.out_dir}")
+    if skipped:
+        print(f"{len(skipped)} of {len(images)} images skipped (unreadable): "
+              + ", ".join(str(p) for p, _ in skipped), file=sys.stderr)
+        return 1
     return 0
 
 

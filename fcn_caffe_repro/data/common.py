@@ -83,7 +83,7 @@ def open_image(path):
         return im
     except FileNotFoundError:
         raise DatasetFileError("image file not found", path) from None
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's kinds of "corrupt"
         raise DatasetError(f"cannot read image: {e}", path) from None
 
 
