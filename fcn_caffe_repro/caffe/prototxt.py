@@ -5,6 +5,7 @@ The parser knows no schema: scalars come back as `str` (quoted strings), `int`, 
 goes through `Message.get_int` / `get_float` / `get_bool` / `get_enum` / `get_str`, which name
 the file, line and column of a bad value.
 """
+import gc
 import math
 import re
 
@@ -397,7 +398,7 @@ class _Parser:
             if colon is None:
                 self.fail(f"':' or '{{' after field name '{key}'", m.end("key"))
             if string is not None:
-                value = _unquote(string, src, m.start("string"))
+                value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
                 if more is not None:
                     for n in _STRING_RE.finditer(more):
                         value += _unquote(n.group(), src, m.start("more") + n.start())
@@ -492,7 +493,13 @@ def loads(text, file=None):
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
             raise PrototxtError(f"not UTF-8 text (byte {e.start})", file) from None
-    msg, _ = _Parser(_Source(text, file)).parse()
+    enabled = gc.isenabled()
+    gc.disable()  # the tree has no cycles; collections while it grows would revisit it again and again
+    try:
+        msg, _ = _Parser(_Source(text, file)).parse()
+    finally:
+        if enabled:
+            gc.enable()
     return msg
 
 
