@@ -364,14 +364,46 @@ class _Parser:
     def parse(self, pos=0, close=None):
         """The message whose body starts at `pos` (closed by `close`, or by the end of the text)."""
         text, keys, strings, src, record = self.text, self.keys, {}, self.src, self.record
+        match, number_of = _FIELD.match, _number
         root = _parsed(src, pos if close is not None else -1)
         msg, stack, positions = root, [], {}
         fields = msg.fields
+        append = fields.append
         while True:
-            m = _FIELD.match(text, pos)
+            m = match(text, pos)
             if m is None:
                 self.fail("a field name", pos)
             key, colon, opened, listed, string, more, number, ident, _, closed, _, eof = m.groups()
+            if key is not None and colon is not None:  # a scalar field, the common case
+                key = keys.setdefault(key, key)
+                if record and not stack:
+                    positions[len(fields)] = m.start("key")
+                if string is not None:
+                    value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
+                    if more is not None:
+                        for n in _STRING_RE.finditer(more):
+                            value += _unquote(n.group(), src, m.start("more") + n.start())
+                    held = strings.get(value)
+                    if held is None:
+                        if len(strings) > 4096:  # a window of recent values, not every value
+                            strings.clear()
+                        held = strings[value] = value
+                    append((key, held))
+                elif number is not None:
+                    append((key, number_of(number)))
+                elif ident is not None:
+                    append((key, self._ident(key, ident, m.start("ident"))))
+                elif listed is not None:
+                    pos = self._list(msg, key, m.start("key"), m.end(), positions if record and not stack else None)
+                    sep = _PUNCT.match(text, pos)
+                    if sep is not None and sep.group("p") in ";,":
+                        pos = sep.end()
+                    continue
+                elif opened is None:
+                    self.fail(f"a value for '{key}'", m.end())
+                if opened is None:
+                    pos = m.end()
+                    continue
             if key is None:
                 if (eof is not None) != (close is None) or (closed is not None and closed != close):
                     self.fail("a field name" if eof is None else f"'{close}' to close the message", pos)
@@ -382,45 +414,21 @@ class _Parser:
                 msg.fields = fields[:]  # no room left for appends
                 msg, close = stack.pop()
                 fields, pos = msg.fields, m.end()
+                append = fields.append
                 continue
+            if opened is None:
+                self.fail(f"':' or '{{' after field name '{key}'", m.end("key"))
             key = keys.setdefault(key, key)
             if record and not stack:
                 positions[len(fields)] = m.start("key")
-            if opened is not None:
-                if len(stack) >= MAX_DEPTH:
-                    raise src.error(f"messages nested deeper than {MAX_DEPTH}", m.start("key"))
-                child = _parsed(src, m.start("key"))
-                fields.append((key, child))
-                stack.append((msg, close))
-                msg, close, pos = child, "}" if opened == "{" else ">", m.end()
-                fields = msg.fields
-                continue
-            if colon is None:
-                self.fail(f"':' or '{{' after field name '{key}'", m.end("key"))
-            if string is not None:
-                value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
-                if more is not None:
-                    for n in _STRING_RE.finditer(more):
-                        value += _unquote(n.group(), src, m.start("more") + n.start())
-                held = strings.get(value)
-                if held is None:
-                    if len(strings) > 4096:  # a window of recent values, not every value
-                        strings.clear()
-                    held = strings[value] = value
-                fields.append((key, held))
-            elif number is not None:
-                fields.append((key, _number(number)))
-            elif ident is not None:
-                fields.append((key, self._ident(key, ident, m.start("ident"))))
-            elif listed is not None:
-                pos = self._list(msg, key, m.start("key"), m.end(), positions if record and not stack else None)
-                sep = _PUNCT.match(text, pos)
-                if sep is not None and sep.group("p") in ";,":
-                    pos = sep.end()
-                continue
-            else:
-                self.fail(f"a value for '{key}'", m.end())
-            pos = m.end()
+            if len(stack) >= MAX_DEPTH:
+                raise src.error(f"messages nested deeper than {MAX_DEPTH}", m.start("key"))
+            child = _parsed(src, m.start("key"))
+            append((key, child))
+            stack.append((msg, close))
+            msg, close, pos = child, "}" if opened == "{" else ">", m.end()
+            fields = msg.fields
+            append = fields.append
 
     def _list(self, msg, key, key_off, pos, positions):
         """`key: [v1, v2, ...]`: a repeated field written at once."""
