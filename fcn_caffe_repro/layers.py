@@ -116,6 +116,11 @@ class CaffeLayer(nn.Module):
     def blobs(self):
         return [getattr(self, n) for n in self.blob_names if getattr(self, n, None) is not None]
 
+    def top_shapes(self, bottom_shapes):
+        """The tops' shapes when known without running the layer (None: CaffeNet runs it on meta
+        tensors); element-wise layers say so, a shape inference per layer costs milliseconds."""
+        return None
+
     def extra_repr(self):
         return f"'{self.layer_name}'"
 
@@ -179,6 +184,9 @@ class ReLU(CaffeLayer):
         self._check_bottoms(1)
         self.negative_slope = spec.params.get_float("negative_slope", 0.0)
 
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
     def forward(self, x):
         if self.negative_slope == 0:
             return (F.relu(x),)
@@ -196,6 +204,9 @@ class Dropout(CaffeLayer):
         if not 0 <= self.ratio < 1:
             raise spec.error("dropout_ratio must be in [0, 1)")
 
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
     def forward(self, x):
         scale = 1.0 / (1.0 - self.ratio)
         if not self.training:
@@ -205,6 +216,13 @@ class Dropout(CaffeLayer):
 
 
 class Split(CaffeLayer):
+    def __init__(self, spec, bottom_shapes):
+        super().__init__(spec, bottom_shapes)
+        self._check_bottoms(1)
+
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]] * len(self.spec.top)
+
     def forward(self, x):
         return (x,) * len(self.spec.top)
 

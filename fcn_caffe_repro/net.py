@@ -120,7 +120,14 @@ class CaffeNet(nn.Module):
         return shapes
 
     def _infer_tops(self, module, bottom_shapes):
-        """Top shapes from a forward on meta tensors: no memory, no arithmetic."""
+        """Top shapes as the layer states them, else from a forward on meta tensors: no memory,
+        no arithmetic."""
+        known = module.top_shapes([tuple(s) for s in bottom_shapes])
+        if known is not None:
+            if len(known) != len(module.spec.top):
+                raise NetError(f"{module.spec.type} gives {len(known)} top(s), the layer names "
+                               f"{len(module.spec.top)}", layer=module.layer_name)
+            return [tuple(s) for s in known]
         params = {k: torch.empty(v.shape, device="meta") for k, v in module.named_parameters()}
         bottoms = [torch.empty(s, device="meta") for s in bottom_shapes]
         try:
@@ -162,13 +169,13 @@ class CaffeNet(nn.Module):
     @property
     def outputs(self):
         """Blobs that no later layer consumes (Caffe's net outputs)."""
-        available = []
+        available = {}  # an ordered set
         for spec in self.spec.layers:
             for b in spec.bottom:
-                if b in available:
-                    available.remove(b)
-            available += [t for t in spec.top if t not in available]
-        return available
+                available.pop(b, None)
+            for t in spec.top:
+                available.setdefault(t)
+        return list(available)
 
     # --- running -----------------------------------------------------------------------------
     def forward(self, return_blobs=False, **inputs):
