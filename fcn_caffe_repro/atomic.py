@@ -35,21 +35,20 @@ def open_regular(path, error=CaffeError):
     """`open(path, 'rb')` for a regular file only: a FIFO, device or directory is refused with
     `error(message)` before it can block the reader (opened non-blocking, checked with fstat, then
     made blocking); a missing or unreadable file gives `error` too."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise error(f"cannot open: {e.strerror or e}") from None
-    try:
+
+    def opener(name, flags):
+        try:
+            fd = os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise error(f"cannot open: {e.strerror or e}") from None
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
-            raise error(f"not a regular file ({kind})")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+            os.close(fd)
+            raise error(f"not a regular file ({'a directory' if stat.S_ISDIR(mode) else 'a FIFO, socket or device'})")
+        os.set_blocking(fd, True)
+        return fd
+
+    return open(path, "rb", opener=opener)
 
 
 def _tmp_name(path):

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from . import evaluate, visualize
+from .atomic import check_not_source
 from .data.common import caffe_input, load_rgb
 from .errors import CaffeError
 
@@ -21,6 +22,9 @@ def segment_files(net, images, out_dir, mean, classes, score="score", alpha=0.5,
 
     report = report or (lambda path, reason: print(f"skipped {path}: {reason}", file=sys.stderr))
     (input_name,) = net.inputs
+    for path in images:  # an output may not replace an input (e.g. --out-dir the photos' folder)
+        for out in (out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"):
+            check_not_source(out, images)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     with torch.inference_mode():

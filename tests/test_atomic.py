@@ -25,19 +25,28 @@ def test_atomic_write_refuses_its_source_and_hard_links(tmp_path):
     assert (tmp_path / "other.bin").read_bytes() == b"ok"
 
 
-@pytest.mark.parametrize("reader, error", [(caffemodel.read, CaffemodelError), (prototxt.load, PrototxtError)])
-def test_readers_refuse_a_fifo_without_blocking(tmp_path, reader, error):
+READERS = [("fcn_caffe_repro.caffe.caffemodel", "read", "fcn_caffe_repro.errors", "CaffemodelError"),
+           ("fcn_caffe_repro.caffe.prototxt", "load", "fcn_caffe_repro.errors", "PrototxtError"),
+           ("fcn_caffe_repro.solver.snapshot", "load_snapshot", "fcn_caffe_repro.solver", "SnapshotError"),
+           ("fcn_caffe_repro.data.common", "open_image", "fcn_caffe_repro.data.common", "DatasetError")]
+
+
+@pytest.mark.parametrize("module, reader, error_module, error", READERS, ids=[r[1] for r in READERS])
+def test_readers_refuse_a_fifo_without_blocking(tmp_path, module, reader, error_module, error):
+    """Opening a FIFO for reading blocks until a writer comes: every reader refuses it at once."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    code = (f"import sys; from fcn_caffe_repro.caffe import caffemodel, prototxt\n"
-            f"from fcn_caffe_repro.errors import {error.__name__}\n"
-            f"try:\n    {reader.__module__.rsplit('.', 1)[1]}.{reader.__name__}({str(fifo)!r})\n"
-            f"except {error.__name__} as e:\n    print('refused:', e)\n")
+    code = (f"from {module} import {reader} as read\nfrom {error_module} import {error} as Error\n"
+            f"try:\n    read({str(fifo)!r})\nexcept Error as e:\n    print('refused:', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert "refused:" in r.stdout and "not a regular file" in r.stdout and str(fifo) in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("reader, error", [(caffemodel.read, CaffemodelError), (prototxt.load, PrototxtError)])
+def test_readers_refuse_a_directory(tmp_path, reader, error):
     with pytest.raises(error, match="not a regular file"):
-        reader(tmp_path)  # a directory
+        reader(tmp_path)
 
 
 def test_atomic_dir_is_all_or_nothing(tmp_path):

@@ -1,6 +1,7 @@
 """evaluate.py, visualize.py and tools/eval.py, infer.py, plot.py end to end on fixture trees and weights."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,13 @@ def test_infer_reports_and_skips_a_corrupt_image(tmp_path, voc8, capsys):
     err = capsys.readouterr().err
     assert f"skipped {folder / 'b.jpg'}: " in err and f"skipped {folder / 'd.png'}: " in err
     assert "2 of 4 images skipped" in err
+
+
+def test_infer_refuses_to_write_over_its_input_images(tmp_path, voc8):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    with pytest.raises(fcr.CaffeError, match="the output is the input"):
+        tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu"])
+    assert (folder / "a.png").read_bytes() == before and sorted(os.listdir(folder)) == ["a.png"]

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from ..atomic import atomic_dir, atomic_write, remove_stale
+from ..atomic import atomic_dir, atomic_write, open_regular, remove_stale
 from ..distributed import barrier, gather_to_root, is_root, rank_and_world
 from ..errors import CaffeError
 from .rng import rng_state, set_rng_state
@@ -38,10 +38,11 @@ def atomic_save(obj, path):
 
 def load_snapshot(path):
     """Read and check a snapshot file (tensors and plain data only: weights_only loading)."""
+    if not os.path.exists(path):
+        raise SnapshotError("no such snapshot file", path)
     try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SnapshotError("no such snapshot file", path) from None
+        with open_regular(path, OSError) as f:  # a FIFO or device would block the reader
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file
         raise SnapshotError(f"cannot read snapshot ({type(e).__name__}: {e})", path) from None
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
