@@ -574,6 +574,8 @@ class InnerProduct(CaffeLayer):
         x = self.bottom_shapes[0]
         axis = p.get_int("axis", 1)
         self.axis = axis + len(x) if axis < 0 else axis
+        if not 0 <= self.axis < len(x):  # Caffe's CanonicalAxisIndex
+            raise spec.error(f"axis {axis} out of range for a {len(x)}-axis bottom {x}", "axis", p)
         self.num_output = _count(p, "num_output", spec)
         self.k = int(np.prod(x[self.axis:]))
         self.transpose = p.get_bool("transpose", False)

@@ -134,6 +134,8 @@ layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {
     ({"H": -8}, NetError, r"layer 'data': input 'data' shape \(1, 3, -8, 8\) has a negative axis"),
     ({"N": 2147483647}, NetError, r"layer 'conv': parameter blob 'weight' .* more than INT_MAX"),
     ({"N": 99999999999999999999999}, PrototxtError, r":3:\d+: 'num_output' must be an integer"),
+    ({"K": "3 } } layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' "
+           "inner_product_param { num_output: 2 axis: 4"}, NetError, r"layer 'ip': axis 4 out of range"),
 ])
 def test_bad_specs_are_refused_before_any_allocation(change, error, match):
     """Each field is checked against Caffe's range at build time (a wrong check crashes in torch,
