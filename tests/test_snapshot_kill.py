@@ -154,3 +154,13 @@ def test_damaged_newest_snapshot_is_skipped_with_a_warning(tmp_path):
         shutil.rmtree(tmp_path / "run" / "snapshots" / unit)
     with pytest.raises(SnapshotError, match="no snapshot loads"):
         trainer(tmp_path / "run", 6).resume()
+
+
+def test_a_lone_solver_state_of_an_older_run_still_resumes(tmp_path):
+    first = trainer(tmp_path / "run", 2, snapshot_every=2)
+    first.run()
+    unit = tmp_path / "run" / "snapshots" / "train_iter_2"
+    os.replace(unit / "train_iter_2.solverstate.pt", tmp_path / "run" / "snapshots" / "train_iter_2.solverstate.pt")
+    shutil.rmtree(unit)
+    t = trainer(tmp_path / "run", 4)
+    assert t.resume() and t.solver.iter == 2

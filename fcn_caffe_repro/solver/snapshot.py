@@ -133,7 +133,7 @@ def _this_process_rng(states, path):
     return states[rank]
 
 
-UNIT_RE = re.compile(r"^(?P<prefix>.*)_iter_(?P<iter>\d+)$")
+UNIT_RE = re.compile(r"_iter_(\d+)$")
 
 
 def save_unit(solver, folder, name):
@@ -152,14 +152,17 @@ def save_unit(solver, folder, name):
 
 
 def complete_units(folder):
-    """The solver states of the complete units in `folder`, newest (highest iteration) first."""
+    """The solver states of the complete units in `folder`, newest (highest iteration) first; a
+    lone NAME_iter_N.solverstate.pt (runs before snapshots were units) counts as one."""
     found = []
     if os.path.isdir(folder):
         for entry in os.listdir(folder):
-            m = UNIT_RE.match(entry)
-            state = os.path.join(folder, entry, entry + ".solverstate.pt")
-            if m and os.path.isfile(state):
-                found.append((int(m.group("iter")), state))
+            unit = os.path.join(folder, entry, entry + ".solverstate.pt")
+            lone = os.path.join(folder, entry)
+            if (m := UNIT_RE.search(entry)) and os.path.isfile(unit):
+                found.append((int(m.group(1)), unit))
+            elif entry.endswith(".solverstate.pt") and (m := UNIT_RE.search(entry[:-15])) and os.path.isfile(lone):
+                found.append((int(m.group(1)), lone))
     return [path for _, path in sorted(found, reverse=True)]
 
 
