@@ -3,7 +3,8 @@
 The parser knows no schema: scalars come back as `str` (quoted strings), `int`, `float` or
 `Enum` (a bare identifier such as MAX, TRAIN, true). Typed access with defaults and checks
 goes through `Message.get_int` / `get_float` / `get_bool` / `get_enum` / `get_str`, which name
-the file, line and column of a bad value.
+the file, line and column of a bad value. The reader is iterative, one regex match per field,
+with messages nested at most MAX_DEPTH deep; memory stays a small multiple of the text's size.
 """
 import gc
 import math
@@ -266,7 +267,6 @@ _SKIP = r"(?:[ \t\r\n\f\v]++|\#[^\n]*+)*+"  # possessive: a comment is never cut
 _STRING = r""""[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+'"""  # unrolled: no per-character state
 _NUMBER = r"[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?(?![A-Za-z_0-9])"
 _IDENT = r"[A-Za-z_][A-Za-z_0-9]*"
-# one step of a message body: a field's name and what follows it, the closing bracket, or the end
 _FIELD = re.compile(  # one field (name, and a scalar value when it has one), a closing bracket, or the end
     _SKIP + rf"(?:(?P<key>{_IDENT}){_SKIP}(?P<colon>:)?{_SKIP}(?:(?P<open>[{{<])|(?P<list>\[)"
     rf"|(?:(?P<string>{_STRING})(?P<more>(?:{_SKIP}(?:{_STRING}))++)?|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))"
@@ -515,7 +515,6 @@ def load(path):
     """Parse a protobuf text file."""
     with open_regular(path, lambda msg: PrototxtError(msg, str(path))) as f:
         data = f.read()
-    text = None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
