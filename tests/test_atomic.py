@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_readers_refuse_a_fifo_without_blocking(tmp_path, module, reader, error_
     code = (f"from {module} import {reader} as read\nfrom {error_module} import {error} as Error\n"
             f"try:\n    read({str(fifo)!r})\nexcept Error as e:\n    print('refused:', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert "refused:" in r.stdout and "not a regular file" in r.stdout and str(fifo) in r.stdout, r.stderr
 
 

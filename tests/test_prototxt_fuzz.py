@@ -5,7 +5,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fcn_caffe_repro.caffe import prototxt
