@@ -2,18 +2,95 @@
 complete new one, never a partial file, even if the writer is killed."""
 import contextlib
 import os
+import shutil
+import stat
 
-__all__ = ["atomic_write", "write_json"]
+from .errors import CaffeError
+
+__all__ = ["atomic_write", "atomic_dir", "write_json", "check_not_source", "open_regular", "remove_stale"]
+
+TMP_SUFFIX = ".tmp"
+
+
+def check_not_source(out, sources):
+    """Refuse to write `out` when it is one of `sources` (the same file by device and inode, so a
+    hard link or another spelling of the path counts): writing would destroy the input."""
+    try:
+        target = os.stat(out)
+    except OSError:
+        return
+    for src in sources:
+        if src is None or not isinstance(src, (str, bytes, os.PathLike)):
+            continue
+        try:
+            st = os.stat(src)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            raise CaffeError(f"{os.fspath(out)}: the output is the input {os.fspath(src)} (same file); "
+                             "refusing to overwrite it, choose another output path")
+
+
+def open_regular(path, error=CaffeError):
+    """`open(path, 'rb')` for a regular file only: a FIFO, device or directory is refused with
+    `error(message)` before it can block the reader (opened non-blocking, checked with fstat, then
+    made blocking); a missing or unreadable file gives `error` too."""
+
+    def opener(name, flags):
+        try:
+            fd = os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise error(f"cannot open: {e.strerror or e}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise error(f"not a regular file ({'a directory' if stat.S_ISDIR(mode) else 'a FIFO, socket or device'})")
+        os.set_blocking(fd, True)
+        return fd
+
+    return open(path, "rb", opener=opener)
+
+
+def _tmp_name(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}{TMP_SUFFIX}")
+
+
+def remove_stale(folder):
+    """Remove the temporaries (`.NAME.PID.RANDOM.tmp`, files or folders) a killed writer left in `folder`;
+    returns their paths."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                p = os.path.join(folder, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+                removed.append(p)
+    return removed
+
+
+def _fsync_dir(folder):
+    with contextlib.suppress(OSError):  # make a rename durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_write(path):
+def atomic_write(path, sources=()):
     """Yields a binary file in the target's folder; on success it is fsynced and replaces `path`
-    (os.replace), on any error it is removed and `path` is left as it was."""
+    (os.replace), on any error it is removed and `path` is left as it was. `sources`: the files the
+    content is made from; `path` may not be one of them (check_not_source)."""
     path = os.fspath(path)
+    check_not_source(path, sources)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = _tmp_name(os.path.join(folder, os.path.basename(path)))
     try:
         with open(tmp, "xb") as f:
             yield f
@@ -24,12 +101,39 @@ def atomic_write(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yields a fresh temporary folder beside `path`; on success its files are fsynced and the
+    folder is renamed to `path` in one step (an existing `path` is moved aside first and removed
+    after), so readers see no folder or a complete one. On error the temporary is removed."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _tmp_name(path)
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(tmp)
+        old = None
+        if os.path.lexists(path):
+            old = _tmp_name(path)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        _fsync_dir(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_json(path, obj, **dumps_options):

@@ -5,6 +5,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from .atomic import check_not_source
 from .errors import NetError
 from .weight_formats import write_state
 
@@ -45,7 +46,9 @@ def layer_table(net):
 
 
 def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, progress=True):
-    """Load, verify, save; returns (rows, output shapes, timings)."""
+    """Load, verify, save; returns (rows, output shapes, timings). `out` may not be an input file."""
+    sources = [model, prototxt]
+    check_not_source(out, sources)  # before the work, not only at the write
     t0 = time.perf_counter()
     with tqdm(total=3, desc="convert", disable=not progress, unit="step") as steps:  # closed on errors too
         steps.set_postfix_str("loading")
@@ -57,7 +60,8 @@ def convert(model, out, net=None, prototxt=None, num_classes=None, check=True, p
         steps.update()
         t2 = time.perf_counter()
         steps.set_postfix_str("saving")
-        write_state(out, caffe_net.state_dict(), metadata={"net": net or str(prototxt), "source": str(model)})
+        write_state(out, caffe_net.state_dict(), metadata={"net": net or str(prototxt), "source": str(model)},
+                    sources=sources)
         steps.update()
     t3 = time.perf_counter()
     return layer_table(caffe_net), shapes, {"load": t1 - t0, "verify": t2 - t1, "save": t3 - t2, "total": t3 - t0}

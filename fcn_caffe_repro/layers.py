@@ -18,25 +18,67 @@ FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clips probabilities at FLT_M
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
+INT_MAX = 2**31 - 1  # Caffe's blob counts and its int32/uint32 size fields end here
+_MINIMUM = {"kernel": 1, "stride": 1, "pad": 0, "dilation": 1}
+
+
+def _bounded(spec, params, field, value, lo, hi=INT_MAX):
+    """`value` of `field` if lo <= value <= hi, else a NetError naming layer, field and place."""
+    if not lo <= value <= hi:
+        raise spec.error(f"{field}: {value} is out of range (must be {lo} to {hi})", field, params)
+    return value
+
+
+def _count(params, field, spec, lo=1, default=None):
+    """A size field (num_output, group, local_size...): an integer in [lo, INT_MAX]; absent and
+    no default is an error."""
+    value = params.get_int(field, default)
+    if value is None:
+        raise spec.error(f"{field} must be specified", field, params)
+    return _bounded(spec, params, field, value, lo)
+
+
 def _pair(params, name, default, spec):
-    """Caffe's repeated spatial field (`pad: 1` or `pad: 1 pad: 2`) or its _h/_w form, as (h, w)."""
+    """Caffe's repeated spatial field (`pad: 1` or `pad: 1 pad: 2`) or its _h/_w form, as (h, w),
+    each value in Caffe's range for the field (kernel and stride at least 1, pad at least 0)."""
+    field = "kernel_size" if name == "kernel" else name
+    values = params.getall_int(field)
+    lo = _MINIMUM[name]
+    for key in (name + "_h", name + "_w"):
+        if params.has(key):
+            _bounded(spec, params, key, params.get_int(key), lo)
+    for v in values:
+        _bounded(spec, params, field, v, lo)
     h, w = params.get_int(name + "_h"), params.get_int(name + "_w")
-    values = params.getall_int(name) if name != "kernel" else params.getall_int("kernel_size")
     if h is not None or w is not None:
         if values:
-            raise spec.error(f"either {name} or {name}_h/_w should be specified, not both")
+            raise spec.error(f"either {name} or {name}_h/_w should be specified, not both", field, params)
         if h is None or w is None:
-            raise spec.error(f"{name}_h and {name}_w must be given together")
+            raise spec.error(f"{name}_h and {name}_w must be given together", name + "_h", params)
         return h, w
     if not values:
         if default is None:
-            raise spec.error(f"{name} size must be specified")
+            raise spec.error(f"{name} size must be specified", field, params)
         return default, default
     if len(values) == 1:
         return values[0], values[0]
     if len(values) == 2:
         return values[0], values[1]
-    raise spec.error(f"{len(values)} values of {name} given for 2 spatial axes")
+    raise spec.error(f"{len(values)} values of {name} given for 2 spatial axes", field, params)
+
+
+def check_blob_shape(spec, shape, what="blob"):
+    """Caffe's Blob::Reshape checks, before any memory is asked for: no negative axis and at
+    most INT_MAX elements."""
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise spec.error(f"{what} shape {tuple(shape)} has a negative axis")
+        count *= d
+    if count > INT_MAX:
+        raise spec.error(f"{what} shape {tuple(shape)} has {count} elements, more than INT_MAX ({INT_MAX}) "
+                         "as Caffe's blobs allow")
+    return tuple(shape)
 
 
 class CaffeLayer(nn.Module):
@@ -63,6 +105,8 @@ class CaffeLayer(nn.Module):
         specs = self.spec.lr_mults()
         if len(specs) > len(shapes):
             raise self.spec.error(f"{len(specs)} param specs given for {len(shapes)} parameter blobs")
+        for name, shape in zip(self.blob_names, shapes):
+            check_blob_shape(self.spec, shape, f"parameter blob '{name}'")
         for i, (name, shape, filler) in enumerate(zip(self.blob_names, shapes, fillers)):
             mults = specs[i] if i < len(specs) else (1.0, 1.0)
             # Caffe computes no gradient for a blob with lr_mult 0 (Net::Init's param_need_backward)
@@ -71,6 +115,11 @@ class CaffeLayer(nn.Module):
 
     def blobs(self):
         return [getattr(self, n) for n in self.blob_names if getattr(self, n, None) is not None]
+
+    def top_shapes(self, bottom_shapes):
+        """The tops' shapes when known without running the layer (None: CaffeNet runs it on meta
+        tensors); element-wise layers say so, a shape inference per layer costs milliseconds."""
+        return None
 
     def extra_repr(self):
         return f"'{self.layer_name}'"
@@ -135,6 +184,9 @@ class ReLU(CaffeLayer):
         self._check_bottoms(1)
         self.negative_slope = spec.params.get_float("negative_slope", 0.0)
 
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
     def forward(self, x):
         if self.negative_slope == 0:
             return (F.relu(x),)
@@ -152,6 +204,9 @@ class Dropout(CaffeLayer):
         if not 0 <= self.ratio < 1:
             raise spec.error("dropout_ratio must be in [0, 1)")
 
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
     def forward(self, x):
         scale = 1.0 / (1.0 - self.ratio)
         if not self.training:
@@ -161,6 +216,13 @@ class Dropout(CaffeLayer):
 
 
 class Split(CaffeLayer):
+    def __init__(self, spec, bottom_shapes):
+        super().__init__(spec, bottom_shapes)
+        self._check_bottoms(1)
+
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]] * len(self.spec.top)
+
     def forward(self, x):
         return (x,) * len(self.spec.top)
 
@@ -193,17 +255,15 @@ class _ConvBase(CaffeLayer):
         shape = self.bottom_shapes[0]
         if len(shape) != 4:
             raise spec.error(f"2-D (N, C, H, W) bottoms only, got shape {shape}")
-        self.num_output = p.get_int("num_output")
-        if not self.num_output:
-            raise spec.error("num_output must be specified and positive", "convolution_param")
+        self.num_output = _count(p, "num_output", spec)
         self.kernel = _pair(p, "kernel", None, spec)
         self.stride = _pair(p, "stride", 1, spec)
         self.pad = _pair(p, "pad", 0, spec)
-        dil = p.getall_int("dilation") or [1]
+        dil = [_bounded(spec, p, "dilation", d, 1) for d in p.getall_int("dilation")] or [1]
         self.dilation = (dil[0], dil[-1]) if len(dil) <= 2 else None
         if self.dilation is None:
-            raise spec.error("at most 2 dilation values for 2 spatial axes")
-        self.group = p.get_int("group", 1)
+            raise spec.error("at most 2 dilation values for 2 spatial axes", "dilation", p)
+        self.group = _count(p, "group", spec, default=1)
         self.bias_term = p.get_bool("bias_term", True)
         self.channels = shape[1]
         if self.channels % self.group or self.num_output % self.group:
@@ -342,7 +402,7 @@ class LRN(CaffeLayer):
         super().__init__(spec, bottom_shapes)
         self._check_bottoms(1)
         p = spec.params
-        self.size = p.get_int("local_size", 5)
+        self.size = _count(p, "local_size", spec, default=5)
         if self.size % 2 == 0:
             raise spec.error("LRN only supports odd values for local_size")
         self.alpha, self.beta, self.k = p.get_float("alpha", 1.0), p.get_float("beta", 0.75), p.get_float("k", 1.0)
@@ -517,9 +577,9 @@ class InnerProduct(CaffeLayer):
         x = self.bottom_shapes[0]
         axis = p.get_int("axis", 1)
         self.axis = axis + len(x) if axis < 0 else axis
-        self.num_output = p.get_int("num_output")
-        if not self.num_output:
-            raise spec.error("num_output must be specified and positive")
+        if not 0 <= self.axis < len(x):  # Caffe's CanonicalAxisIndex
+            raise spec.error(f"axis {axis} out of range for a {len(x)}-axis bottom {x}", "axis", p)
+        self.num_output = _count(p, "num_output", spec)
         self.k = int(np.prod(x[self.axis:]))
         self.transpose = p.get_bool("transpose", False)
         self.bias_term = p.get_bool("bias_term", True)

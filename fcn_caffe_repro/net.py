@@ -20,6 +20,15 @@ from .plan import layer_steps, with_frees
 
 
 
+def _shape_equals(file_shape, param_shape):
+    """Caffe's Blob::ShapeEquals for a trained blob: the same shape, or a legacy 4-D blob whose
+    (num, channels, height, width) is the parameter's shape with leading axes of 1."""
+    if file_shape == param_shape:
+        return True
+    return len(file_shape) == 4 and len(param_shape) <= 4 and \
+        file_shape == (1,) * (4 - len(param_shape)) + param_shape
+
+
 class CaffeNet(nn.Module):
     def __init__(self, spec, phase="test", weights=None, input_shapes=None):
         super().__init__()
@@ -38,9 +47,11 @@ class CaffeNet(nn.Module):
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
-    def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None):
-        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with weights (load_caffemodel)."""
-        return cls(NetSpec.from_prototxt(path), phase=phase, weights=weights, input_shapes=input_shapes)
+    def from_prototxt(cls, path, weights=None, phase="test", input_shapes=None, unknown_fields="error"):
+        """Any Caffe prototxt (V2, V1 or legacy inputs), optionally with weights (load_caffemodel);
+        fields caffe.proto lacks are errors unless unknown_fields="warn" (NetSpec.from_prototxt)."""
+        return cls(NetSpec.from_prototxt(path, unknown_fields), phase=phase, weights=weights,
+                   input_shapes=input_shapes)
 
     def _build(self, input_shapes):
         shapes = {}
@@ -91,7 +102,7 @@ class CaffeNet(nn.Module):
             declared = [(batch, 3, crop, crop), (batch,)][:len(spec.top)]
         else:
             declared = [(1, TOP_CHANNELS.get(t, 3), 500, 500) for t in spec.top]  # a Python layer declares none
-        return [tuple(given.get(t, d)) for t, d in zip(spec.top, declared)]
+        return [L.check_blob_shape(spec, tuple(given.get(t, d)), f"input '{t}'") for t, d in zip(spec.top, declared)]
 
     def shapes_for(self, input_shapes):
         """Every blob's shape for the given input shapes ({top: shape}), computed on meta tensors."""
@@ -109,14 +120,21 @@ class CaffeNet(nn.Module):
         return shapes
 
     def _infer_tops(self, module, bottom_shapes):
-        """Top shapes from a forward on meta tensors: no memory, no arithmetic."""
+        """Top shapes as the layer states them, else from a forward on meta tensors: no memory,
+        no arithmetic."""
+        known = module.top_shapes([tuple(s) for s in bottom_shapes])
+        if known is not None:
+            if len(known) != len(module.spec.top):
+                raise NetError(f"{module.spec.type} gives {len(known)} top(s), the layer names "
+                               f"{len(module.spec.top)}", layer=module.layer_name)
+            return [tuple(s) for s in known]
         params = {k: torch.empty(v.shape, device="meta") for k, v in module.named_parameters()}
         bottoms = [torch.empty(s, device="meta") for s in bottom_shapes]
         try:
             tops = torch.func.functional_call(module, params, tuple(bottoms))
         except NetError:
             raise
-        except (RuntimeError, ValueError, IndexError) as e:
+        except (RuntimeError, ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError) as e:
             raise NetError(f"cannot run on bottoms of shapes {bottom_shapes}: {e}", layer=module.layer_name) from None
         if len(tops) != len(module.spec.top):
             raise NetError(f"{module.spec.type} gives {len(tops)} top(s), the layer names "
@@ -157,13 +175,13 @@ class CaffeNet(nn.Module):
     @property
     def outputs(self):
         """Blobs that no later layer consumes (Caffe's net outputs)."""
-        available = []
+        available = {}  # an ordered set
         for spec in self.spec.layers:
             for b in spec.bottom:
-                if b in available:
-                    available.remove(b)
-            available += [t for t in spec.top if t not in available]
-        return available
+                available.pop(b, None)
+            for t in spec.top:
+                available.setdefault(t)
+        return list(available)
 
     # --- running -----------------------------------------------------------------------------
     def forward(self, return_blobs=False, **inputs):
@@ -180,6 +198,7 @@ class CaffeNet(nn.Module):
                     if not torch.is_tensor(x):
                         raise NetError(f"input '{top}' must be a tensor", layer=step.name)
                     module.check(top, x)
+                    self._check_dtype(top, x, step.name)
                     blobs[top] = x
                 continue
             tops = module(*[blobs[b] for b in step.bottom])
@@ -191,6 +210,13 @@ class CaffeNet(nn.Module):
         if return_blobs:
             return blobs
         return {name: blobs[name] for name in self.outputs}
+
+    def _check_dtype(self, top, x, layer):
+        """A floating input must have the parameters' dtype (convert the net with .to(dtype))."""
+        param = next(self.parameters(), None)
+        if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+            raise NetError(f"input '{top}' is {x.dtype}, the net's parameters are {param.dtype}; "
+                           f"convert the input or the net (net.to({x.dtype}))", layer=layer)
 
     def objective(self, blobs):
         """Caffe's objective: the sum of loss tops times their loss weights."""
@@ -207,9 +233,11 @@ class CaffeNet(nn.Module):
         """Copy weights from a weights file (.caffemodel, .safetensors or .pt state_dict, told apart
         by content: weight_formats) or a {layer: [arrays]} dict, matched by layer name.
 
-        Everything is checked before anything is assigned. Element counts must match (shapes may
-        differ, e.g. legacy 4-D or fc->conv); strict=True raises on any mismatch, strict=False
-        returns (missing: net layers without weights, unexpected: file layers the net lacks).
+        Everything is checked before anything is assigned. Shapes must match as in Caffe's
+        CopyTrainedLayersFrom (Blob::ShapeEquals): exactly, or a legacy 4-D (num, channels,
+        height, width) blob against the parameter's shape padded with leading 1s; strict=True raises
+        on any missing or unexpected layer, strict=False returns (missing: net layers without
+        weights, unexpected: file layers the net lacks).
         """
         path = str(source) if isinstance(source, (str, Path)) else None
         blobs = weight_formats.read_blobs(source, self.param_keys(), strict) if path else source
@@ -225,9 +253,10 @@ class CaffeNet(nn.Module):
                 raise CaffemodelError(f"{len(arrays)} blobs in the file, the net's layer has {len(params)}",
                                       file=path, layer=name)
             for i, (a, p) in enumerate(zip(arrays, params)):
-                if a.size != p.numel():
-                    raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)} ({a.size} values); the net "
-                                          f"expects {tuple(p.shape)} ({p.numel()} values)", file=path, layer=name)
+                if not _shape_equals(tuple(a.shape), tuple(p.shape)):
+                    raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)}; the net expects "
+                                          f"{tuple(p.shape)} (Caffe copies a blob only into its own "
+                                          "shape)", file=path, layer=name)
                 plan.append((p, a))
         missing = [n for n in own if n not in blobs]
         if strict and (missing or unexpected):

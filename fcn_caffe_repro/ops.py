@@ -80,6 +80,8 @@ def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip
         raise ValueError(f"deconv_crop_sum: impl must be 'ext' or 'torch', got {impl!r}")
     if not extension_available():
         raise RuntimeError(f"deconv_crop_sum: {extension_problem()}, or pass impl='torch'")
+    if x.dim() == 4 and x.shape[0] == 0:  # an empty batch: no arithmetic, the reference's empty result
+        return deconv_crop_sum_reference(x, weight, stride, offset, size, skip, skip_offset, groups)
     return torch.ops.fcn_caffe_repro.deconv_crop_sum(x, weight, list(stride), list(offset), list(size),
                                                      skip, list(skip_offset), groups)
 

@@ -15,7 +15,6 @@ iterations with the paper's metrics, a JSON-lines log, and Ctrl-C stops after th
 iteration with a snapshot, as Caffe's SIGINT action does.
 """
 import json
-import re
 import signal
 import time
 from pathlib import Path
@@ -24,15 +23,13 @@ import numpy as np
 import torch
 
 from . import distributed
-from .data.common import item_loader
+from .data.common import DatasetError, item_loader
 from .errors import CaffeError, NetError
 from .evaluate import Evaluator
 from .net import CaffeNet
 from .nets import net_spec, solver_spec
 from .solver import NonFiniteLoss, SGDSolver, seed_everything, solver_params
-
-SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate\.pt$")
-
+from .solver.snapshot import complete_units, restore_latest, save_unit
 
 def sample_index(seed, position, n):
     """The image index of global sample `position`: uniform over n, a pure function of both."""
@@ -139,13 +136,13 @@ class Trainer:
         return self.out / "snapshots"
 
     def snapshot_path(self, it):
-        return self.snapshot_dir / f"train_iter_{it}.solverstate.pt"
+        """The solver state of the snapshot unit of iteration `it` (solver/snapshot.py)."""
+        return self.snapshot_dir / f"train_iter_{it}" / f"train_iter_{it}.solverstate.pt"
 
     def latest_snapshot(self):
-        """The snapshot with the highest iteration in the snapshot folder, or None."""
-        found = [(int(m.group(1)), p) for p in self.snapshot_dir.glob("*.solverstate.pt")
-                 if (m := SNAPSHOT_RE.search(p.name))]
-        return max(found)[1] if found else None
+        """The newest complete snapshot in the snapshot folder, or None."""
+        found = complete_units(self.snapshot_dir)
+        return Path(found[0]) if found else None
 
     def log(self, record):
         if self.rank == 0:
@@ -154,19 +151,26 @@ class Trainer:
                 f.write(json.dumps(record, allow_nan=True) + "\n")
 
     def snapshot(self):
-        path = self.solver.snapshot(self.snapshot_path(self.solver.iter))
-        if self.rank == 0:
-            self.solver.export_caffemodel(self.snapshot_dir / f"train_iter_{self.solver.iter}.caffemodel")
+        """The snapshot unit of this iteration: solver state and .caffemodel, written as one."""
+        path = Path(save_unit(self.solver, self.snapshot_dir, f"train_iter_{self.solver.iter}"))
+        self.solver.last_snapshot = str(path)
         self.log({"event": "snapshot", "iter": self.solver.iter, "path": str(path)})
         return path
 
     def resume(self, path=None):
-        """Continue from `path` or the latest snapshot of this run; False when there is none."""
-        path = path or self.latest_snapshot()
+        """Continue from `path`, or from the newest snapshot of this run that loads (temporaries
+        of a killed run removed first; a newer damaged snapshot skipped, with a warning and a log
+        record); False when there is none."""
+        skipped = []
         if path is None:
-            return False
-        self.solver.restore(path)
-        self.log({"event": "resume", "iter": self.solver.iter, "path": str(path)})
+            path, skipped = restore_latest(self.solver, self.snapshot_dir)
+            if path is None:
+                return False
+            self.solver.last_snapshot = str(path)
+        else:
+            self.solver.restore(path)
+        self.log({"event": "resume", "iter": self.solver.iter, "path": str(path),
+                  "skipped": [{"path": p, "reason": r} for p, r in skipped]})
         return True
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -184,6 +188,18 @@ class Trainer:
         self.log({"event": "val", "iter": self.solver.iter, "seconds": time.perf_counter() - t0,
                   "results": results})
         return results
+
+    def _data_error(self, error):
+        """Stop on an item that cannot be loaded, with a snapshot of the iteration reached (one
+        process; several cannot agree on one while another is stuck) so the run resumes there."""
+        solver, path = self.solver, None
+        if self.world == 1 and solver.iter > 0:
+            done = self.snapshot_path(solver.iter)
+            path = done if done.is_file() else self.snapshot()
+        detail = f"{type(error).__name__}: {error}".strip().splitlines()[-1]  # a worker's: its last line
+        self.log({"event": "data_error", "iter": solver.iter, "message": detail, "snapshot": str(path) if path else None})
+        kept = f"; snapshot {path}" if path else "; no snapshot written"
+        raise DatasetError(f"iteration {solver.iter}: a training item failed to load ({detail}){kept}") from error
 
     def _on_sigint(self, *_):
         self._stop = True
@@ -210,8 +226,11 @@ class Trainer:
         t_last, it_last = time.perf_counter(), start
         try:
             while solver.iter < self.max_iter and not self._stopping():
-                batches = [net_inputs(solver.net, self.tops, [next(loader) for _ in range(self.batch)], self.device)
-                           for _ in range(n)]
+                try:
+                    batches = [net_inputs(solver.net, self.tops, [next(loader) for _ in range(self.batch)],
+                                          self.device) for _ in range(n)]
+                except Exception as e:  # a bad item, read here or in a loader worker
+                    self._data_error(e)
                 try:
                     loss = solver.step(batches)
                 except NonFiniteLoss as e:

@@ -85,8 +85,9 @@ def read_safetensors(path):
     return out
 
 
-def write_safetensors(path, tensors, metadata=None):
-    """Write {key: tensor or array} as .safetensors (atomically), keys in the given order."""
+def write_safetensors(path, tensors, metadata=None, sources=()):
+    """Write {key: tensor or array} as .safetensors (atomically), keys in the given order; `path` may
+    not be one of `sources` (atomic.check_not_source)."""
     arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy() if torch.is_tensor(v) else v) for k, v in tensors.items()}
     header, offset = {}, 0
     if metadata:
@@ -99,7 +100,7 @@ def write_safetensors(path, tensors, metadata=None):
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the safetensors library writes it
-    with atomic_write(path) as f:
+    with atomic_write(path, sources) as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for a in arrays.values():
             f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -130,13 +131,14 @@ def read_state(path):
     raise WeightsError("a .caffemodel, not a state_dict", path)
 
 
-def write_state(path, state, metadata=None):
-    """A state_dict as .pt/.pth (torch.save) when the name says so, else .safetensors."""
+def write_state(path, state, metadata=None, sources=()):
+    """A state_dict as .pt/.pth (torch.save) when the name says so, else .safetensors; `path` may
+    not be one of `sources`, the files the state was made from (atomic.check_not_source)."""
     if Path(path).suffix.lower() in (".pt", ".pth"):
-        with atomic_write(path) as f:
+        with atomic_write(path, sources) as f:
             torch.save({k: v.detach().cpu() for k, v in state.items()}, f)
     else:
-        write_safetensors(path, state, metadata)
+        write_safetensors(path, state, metadata, sources)
 
 
 def layers_of(state):

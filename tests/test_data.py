@@ -323,7 +323,7 @@ def opened_files(monkeypatch):
     opened, open_image, loadmat = [], Image.open, scipy.io.loadmat
 
     def recording(read):
-        return lambda path, *a, **k: opened.append(str(path)) or read(path, *a, **k)
+        return lambda path, *a, **k: opened.append(str(getattr(path, "name", path))) or read(path, *a, **k)
 
     monkeypatch.setattr(Image, "open", recording(open_image))
     monkeypatch.setattr(scipy.io, "loadmat", recording(loadmat))

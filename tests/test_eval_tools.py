@@ -1,6 +1,7 @@
 """evaluate.py, visualize.py and tools/eval.py, infer.py, plot.py end to end on fixture trees and weights."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,30 @@ def test_visualize_palette_blend_and_figures(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(res))
     plot.main(["iu", "--results", f"run={tmp_path / 'r.json'}", "--out", str(tmp_path / "iu.png")])
     assert Image.open(tmp_path / "iu.png").height > 100
+
+
+def test_infer_reports_and_skips_a_corrupt_image(tmp_path, voc8, capsys):
+    """A truncated JPEG and a non-image among photos: both named on stderr, the others segmented."""
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "c"):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
+    (folder / "b.jpg").write_bytes((folder / "a.jpg").read_bytes()[:200])
+    (folder / "d.png").write_bytes(b"not a png at all")
+    out = tmp_path / "seg"
+    assert tool("infer").main(VOC8 + [str(folder), "--out-dir", str(out), "--device", "cpu"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "c.png", "c_overlay.png"]
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'b.jpg'}: " in err and f"skipped {folder / 'd.png'}: " in err
+    assert "2 of 4 images skipped" in err
+
+
+def test_infer_refuses_to_write_over_its_input_images(tmp_path, voc8):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    with pytest.raises(fcr.CaffeError, match="the output is the input"):
+        tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu"])
+    assert (folder / "a.png").read_bytes() == before and sorted(os.listdir(folder)) == ["a.png"]

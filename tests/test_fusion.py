@@ -94,3 +94,14 @@ def test_torch_impl_is_the_same_pass():
     with torch.no_grad():
         blobs = net(return_blobs=True, **inputs)
     assert rel_err(blobs["score"].numpy(), ref["score"]) <= 1e-5
+
+
+def test_fused_net_runs_an_empty_batch_as_the_unfused_one():
+    net, _, inputs = load("voc-fcn8s")
+    empty = {k: v[:0] for k, v in inputs.items()}
+    with torch.no_grad():
+        plain = net(return_blobs=True, **empty)
+        net.fuse()
+        fused = net(return_blobs=True, **empty)
+    assert fused["score"].shape == plain["score"].shape == (0, 5, 50, 64)
+    assert torch.equal(fused["loss"].isnan(), plain["loss"].isnan())

@@ -65,7 +65,9 @@ def test_strict_lists_every_missing_and_unexpected_layer():
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda b: b.__setitem__("fc6", [b["fc6"][0][:, :1]] + b["fc6"][1:]), r"layer 'fc6'.*values"),
+    (lambda b: b.__setitem__("fc6", [b["fc6"][0][:, :1]] + b["fc6"][1:]), r"layer 'fc6'.*shape"),
+    (lambda b: b.__setitem__("conv1_1", [np.ascontiguousarray(np.swapaxes(b["conv1_1"][0], 0, 1))] + b["conv1_1"][1:]),
+     r"layer 'conv1_1'.*blob 0 has shape \(3, 4, 3, 3\); the net expects \(4, 3, 3, 3\)"),
     (lambda b: b.__setitem__("fc7", b["fc7"][:1]), r"layer 'fc7'.*1 blobs in the file, the net's layer has 2"),
 ])
 def test_mismatch_is_an_error_and_leaves_the_net_unchanged(damage, message):
@@ -103,3 +105,31 @@ def test_converter_cli(tmp_path):
                         "--prototxt", str(NET / "net.prototxt"), "-o", str(tmp_path / "x.pt")],
                        capture_output=True, text=True, cwd=CAFFE_REF.parents[2])
     assert r.returncode == 1 and "error:" in r.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_legacy_4d_blob_loads_into_its_padded_shape():
+    """Caffe's ShapeEquals: a V1 blob (1, 1, N, K) fits an (N, K) parameter, (N, 1, 1, K) does not."""
+    blobs = dict(fcr.caffemodel.read(NET / "weights.caffemodel"))
+    bias = blobs["conv1_1"][1]
+    net = fresh()
+    net.load_caffemodel({"conv1_1": [blobs["conv1_1"][0], bias.reshape(1, 1, 1, -1)]}, strict=False)
+    assert torch.equal(net.conv1_1.bias, torch.from_numpy(bias))
+    with pytest.raises(CaffemodelError, match="conv1_1"):
+        net.load_caffemodel({"conv1_1": [blobs["conv1_1"][0], bias.reshape(-1, 1, 1, 1)]}, strict=False)
+
+
+def test_converter_refuses_to_overwrite_its_input(tmp_path):
+    """-o naming the input, or a hard link to it, is refused before any work; the input is intact."""
+    import os
+
+    model = tmp_path / "m.caffemodel"
+    model.write_bytes((NET / "weights.caffemodel").read_bytes())
+    os.link(model, tmp_path / "link.caffemodel")
+    before = model.read_bytes()
+    for out in (model, tmp_path / "link.caffemodel", tmp_path / "." / "m.caffemodel", NET / "net.prototxt"):
+        r = subprocess.run([sys.executable, "tools/convert_caffemodel.py", str(model),
+                            "--prototxt", str(NET / "net.prototxt"), "-o", str(out)],
+                           capture_output=True, text=True, cwd=CAFFE_REF.parents[2])
+        assert r.returncode == 1 and "the output is the input" in r.stderr, r.stderr
+    assert model.read_bytes() == before
+    assert (NET / "net.prototxt").read_text().startswith(("name", "layer", "#", "input"))

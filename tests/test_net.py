@@ -118,3 +118,65 @@ def test_pooling_without_pad_keeps_caffes_last_window():
     out = net(data=torch.arange(3 * 16.).reshape(1, 3, 4, 4))["p"]
     assert out.shape == (1, 3, 3, 3)
     assert out[0, 0, 0, :2].tolist() == [0.0, 2.0]
+
+
+SPEC_NET = '''layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: {H} dim: 8 }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: {N} kernel_size: {K} }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: MAX kernel_size: 2 stride: {S} }} }}
+'''
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"S": 0}, NetError, r"layer 'pool': stride: 0 is out of range .*:4:\d+"),
+    ({"N": -2}, NetError, r"layer 'conv': num_output: -2 is out of range .*:3:\d+"),
+    ({"K": 0}, NetError, r"layer 'conv': kernel_size: 0 is out of range"),
+    ({"H": -8}, NetError, r"layer 'data': input 'data' shape \(1, 3, -8, 8\) has a negative axis"),
+    ({"N": 2147483647}, NetError, r"layer 'conv': parameter blob 'weight' .* more than INT_MAX"),
+    ({"N": 99999999999999999999999}, PrototxtError, r":3:\d+: 'num_output' must be an integer"),
+    ({"K": "3 } } layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' "
+           "inner_product_param { num_output: 2 axis: 4"}, NetError, r"layer 'ip': axis 4 out of range"),
+])
+def test_bad_specs_are_refused_before_any_allocation(change, error, match):
+    """Each field is checked against Caffe's range at build time (a wrong check crashes in torch,
+    divides by zero, or asks for 231 GB)."""
+    args = {"H": 8, "N": 4, "K": 3, "S": 2, **change}
+    with pytest.raises(error, match=match):
+        fcr.CaffeNet(fcr.NetSpec.from_prototxt(SPEC_NET.format(**args)))
+
+
+def test_input_dtype_other_than_the_nets_is_a_net_error():
+    net = fcr.CaffeNet(fcr.NetSpec.from_prototxt(SPEC_NET.format(H=8, N=4, K=3, S=2)))
+    with pytest.raises(NetError, match=r"layer 'data': input 'data' is torch.float64.*torch.float32"):
+        net(data=torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    assert net.double()(data=torch.zeros(1, 3, 8, 8, dtype=torch.float64))["pool"].dtype == torch.float64
+
+
+def test_a_top_produced_by_two_layers_is_refused_but_in_place_is_not():
+    """Caffe's Net::AppendTop: "produced by multiple sources", unless top i is bottom i."""
+    two = SPEC_NET.format(H=8, N=4, K=3, S=2) + \
+        'layer { name: "other" type: "ReLU" bottom: "data" top: "conv" }\n'
+    with pytest.raises(NetError, match=r"layer 'other': top blob 'conv' produced by multiple sources .*:5:"):
+        fcr.CaffeNet(fcr.NetSpec.from_prototxt(two))
+    in_place = SPEC_NET.format(H=8, N=4, K=3, S=2) + 'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
+    assert "relu" in dict(fcr.CaffeNet(fcr.NetSpec.from_prototxt(in_place)).layer_modules())
+    phased = SPEC_NET.format(H=8, N=4, K=3, S=2) + \
+        'layer { name: "t" type: "ReLU" bottom: "data" top: "x" include { phase: TRAIN } }\n' \
+        'layer { name: "v" type: "ReLU" bottom: "data" top: "x" include { phase: TEST } }\n'
+    assert "v" in dict(fcr.CaffeNet(fcr.NetSpec.from_prototxt(phased), phase="test").layer_modules())
+
+
+def test_unknown_fields_are_errors_with_an_explicit_opt_out(tmp_path):
+    """protobuf's text parser rejects a field its message lacks (a typo'd kernal_size beside
+    kernel_size was silently ignored); unknown_fields="warn" names each and ignores it."""
+    path = tmp_path / "typo.prototxt"
+    path.write_text(SPEC_NET.format(H=8, N=4, K=3, S=2).replace("kernel_size: 3", "kernel_size: 3\n  kernal_size: 5"))
+    with pytest.raises(PrototxtError, match=r"typo.prototxt:4:3: unknown field 'kernal_size' in ConvolutionParameter"):
+        fcr.CaffeNet.from_prototxt(path)
+    path.write_text(path.read_text().replace('top: "pool"', 'top: "pool" fork_field: 1'))
+    with pytest.warns(UserWarning) as record:
+        net = fcr.CaffeNet.from_prototxt(path, unknown_fields="warn")
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and "typo.prototxt:4:3: unknown field 'kernal_size'" in messages[0]
+    assert "typo.prototxt:5:" in messages[1] and "'fork_field' in LayerParameter" in messages[1]
+    assert net.layer("conv").kernel == (3, 3) and "kernal_size" not in net.to_prototxt()

@@ -540,3 +540,39 @@ def test_cuda_device_mix_is_an_error():
     with pytest.raises(RuntimeError, match="is on"):
         op(x.cuda(), w.cuda(), list(kw["stride"]), list(kw["offset"]), list(kw["size"]), kw["skip"],
            list(kw["skip_offset"]), 1)
+
+
+@pytest.mark.parametrize("s, k", [(1, 3), (2, 4), (2, 3), (4, 6), (3, 5), (8, 12), (8, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["weight", "input"])
+def test_infinities_give_what_the_reference_gives(s, k, dtype, where):
+    """The vector paths multiply zero padding (past the kernel, past the input's columns), and
+    0 * inf = NaN where Caffe's arithmetic (products of real taps only) gives +-inf. The float64
+    reference forms real taps only (col2im); float32's (oneDNN) may pad too, so it is not the judge."""
+    x, w, kwargs = make_case(k=(k, k), s=(s, s), dtype=dtype, seed=3)
+    if where == "weight":
+        w[0, 1, 1, 2], w[1, 0, 0, 0] = float("inf"), float("-inf")
+    else:
+        x[0, 0, 1, 2], x[1, 2, 0, 0] = float("inf"), float("-inf")
+    got = ops.deconv_crop_sum(x, w, **kwargs)
+    exact = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    want = ops.deconv_crop_sum(x.double(), w.double(), **exact, impl="torch").to(dtype)
+    assert torch.isinf(want).any()
+    assert torch.equal(got.isnan(), want.isnan()), f"{int(got.isnan().sum())} NaN where the reference has {int(want.isnan().sum())}"
+    inf = torch.isinf(want)
+    assert torch.equal(got[inf], want[inf])
+    finite = torch.isfinite(want)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    bound = rtol * (term_scales(x.double(), w.double(), exact).to(dtype) + want.abs())  # want was rounded
+    assert ((got - want).abs()[finite] <= bound[finite]).all()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_empty_batch_gives_the_references_empty_result(skip):
+    x, w, kwargs = make_case(n=0, skip=skip, dtype=torch.float32)
+    x.requires_grad_()
+    w.requires_grad_()
+    got, want = ops.deconv_crop_sum(x, w, **kwargs), ops.deconv_crop_sum(x, w, **kwargs, impl="torch")
+    assert got.shape == want.shape and got.shape[0] == 0
+    got.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and x.grad.shape == x.shape

@@ -100,3 +100,40 @@ _message = st.recursive(
 @given(_message)
 def test_print_then_parse_is_identity(msg):
     assert prototxt.loads(prototxt.dumps(msg)) == msg
+
+
+def test_nesting_has_a_documented_limit_not_a_recursion_error():
+    ok = "a {" * prototxt.MAX_DEPTH + "}" * prototxt.MAX_DEPTH
+    assert len(prototxt.dumps(prototxt.loads(ok)).splitlines()) == 2 * prototxt.MAX_DEPTH
+    deep = "a {\n" * 1000 + "}" * 1000
+    with pytest.raises(PrototxtError, match=rf"deep.prototxt:{prototxt.MAX_DEPTH + 1}:1: messages nested deeper than"):
+        prototxt.loads(deep, file="deep.prototxt")
+
+
+def _peak_bytes(fn):
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = fn()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_is_a_small_multiple_of_the_file():
+    """A 4M-character string cost ~190 bytes per character (the regex kept per-character state);
+    a net of many layers must stay within 10x its size, positions included on demand."""
+    text = 'name: "' + "x" * 4_000_000 + '"\n'
+    peak, msg = _peak_bytes(lambda: prototxt.loads(text))
+    assert len(msg.get("name")) == 4_000_000 and peak < 3 * len(text)
+    layer = 'layer {{\n  name: "relu{i}"\n  type: "ReLU"\n  bottom: "conv{i}"\n  top: "conv{i}"\n}}\n'
+    text = "".join(layer.format(i=i) for i in range(10_000))
+    peak, msg = _peak_bytes(lambda: prototxt.loads(text, file="big.prototxt"))
+    assert len(msg.getall("layer")) == 10_000 and peak < 10 * len(text)
+    last = msg.getall("layer")[-1]
+    assert last.where("top") == (6 * 9_999 + 5, 3) and last.line == 6 * 9_999 + 1
+    with pytest.raises(PrototxtError, match=rf"big.prototxt:{6 * 9_999 + 2}:3: 'name' must be an integer"):
+        last.get_int("name")

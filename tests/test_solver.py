@@ -480,3 +480,14 @@ def test_export_caffemodel(tmp_path):
     for k, w in weights(solver.net).items():
         layer, i = k.split("/")
         assert np.array_equal(back[layer][int(i)].reshape(w.shape), w.numpy()), k
+
+
+def test_an_inline_net_param_with_an_unknown_field_is_refused(tmp_path):
+    from fcn_caffe_repro.errors import PrototxtError
+
+    net = tiny_spec().to_prototxt().replace('name: "fc"', 'name: "fc"\n  kernal_size: 5', 1)
+    assert "kernal_size" in net
+    body = "\n".join("  " + line for line in net.splitlines())
+    (tmp_path / "solver.prototxt").write_text(f"net_param {{\n{body}\n}}\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmax_iter: 2\n")
+    with pytest.raises(PrototxtError, match=r"solver.prototxt:\d+:\d+: unknown field 'kernal_size' in LayerParameter"):
+        SGDSolver.from_prototxt(tmp_path / "solver.prototxt")

@@ -59,7 +59,7 @@ def test_loop_resumes_bit_exact_from_its_snapshots(tmp_path):
     assert events.count("resume") == 1 and events[-1] == "done"
     logged = [r for r in records(tmp_path / "a") if "loss" in r]
     assert [r["iter"] for r in logged] == [2, 4, 6, 8] and all(r["images_per_s"] > 0 for r in logged)
-    assert (tmp_path / "a" / "snapshots" / "train_iter_8.caffemodel").is_file()
+    assert (tmp_path / "a" / "snapshots" / "train_iter_8" / "train_iter_8.caffemodel").is_file()
 
 
 class Interrupting(Synthetic):
@@ -134,4 +134,26 @@ def test_tool_trains_and_resumes(tmp_path, capsys):
     assert "done at iteration 3" in out and "done at iteration 5" in out
     events = [r.get("event") for r in records(tmp_path / "run")]
     assert events.count("resume") == 1
-    assert load_snapshot(tmp_path / "run" / "snapshots" / "train_iter_5.solverstate.pt")["iter"] == 5
+    assert load_snapshot(tmp_path / "run" / "snapshots" / "train_iter_5" / "train_iter_5.solverstate.pt")["iter"] == 5
+
+
+class Broken(Synthetic):
+    """Item 7 cannot be read (a corrupt file)."""
+
+    def __getitem__(self, i):
+        if i == 7:
+            raise OSError("image file is truncated")
+        return super().__getitem__(i)
+
+
+def test_a_bad_item_in_a_worker_stops_with_a_snapshot(tmp_path):
+    from fcn_caffe_repro.data.common import DatasetError
+
+    t = trainer(tmp_path, 200)
+    t.dataset, t.workers = Broken(**DATA), 1
+    bad_iter = next(s for s in range(200) if sample_index(1337, s, DATA["n"]) == 7)
+    with pytest.raises(DatasetError, match=rf"iteration {bad_iter}: a training item failed to load .*truncated.*snapshot"):
+        t.run()
+    assert t.solver.iter == bad_iter > 0
+    assert load_snapshot(t.latest_snapshot())["iter"] == bad_iter
+    assert records(tmp_path)[-1]["event"] == "data_error"

@@ -40,6 +40,7 @@ struct ForwardArgs {
   const T* skip;  // nullptr: no skip
   I ss0, ss1, ss2, sk_h, sk_w;  // skip strides (unit column stride) and offset
   T* out;
+  bool gather = false;  // every stride through forward_rows_gather (real taps only)
 };
 
 // How many of the rows r, r+1, .. (at most MAX, below end and within the plane of H rows, r being
@@ -292,6 +293,7 @@ Path path_for(I sw) {
 
 template <typename T, int ISA>
 FCN_ALWAYS_INLINE void forward_range_body(const ForwardArgs<T>& a, I begin, I end) {
+  if (a.gather) return forward_rows_gather<T>(a, begin, end);
   switch (a.g->sw) {
     case 1: return forward_rows_interleave<T, ISA, 1, 0>(a, begin, end);
     case 2:
@@ -313,11 +315,19 @@ void forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& wei
                     const std::optional<at::Tensor>& skip, at::IntArrayRef skip_offset,
                     at::Tensor& out) {
   const I Jh = (g.kh + g.sh - 1) / g.sh, Jw = (g.kw + g.sw - 1) / g.sw;
-  const Path path = path_for(g.sw);
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
-  const at::Tensor wpad = (Jh * g.sh == g.kh && Jw * g.sw == g.kw)
-      ? wc
-      : at::constant_pad_nd(wc, {0, Jw * g.sw - g.kw, 0, Jh * g.sh - g.kh}).contiguous();
+  const bool pads_w = !(Jh * g.sh == g.kh && Jw * g.sw == g.kw);
+  // The vector paths multiply padding: zero weights past the kernel (with x) and, interleaved,
+  // zero columns past the input (with w). The reference forms no such product, so where a factor
+  // is infinite or NaN (0 * inf = NaN) only the per-element gather, over real taps, agrees with it.
+  Path path = path_for(g.sw);
+  if (path != Path::kGather &&
+      ((pads_w && !at::isfinite(xc).all().item<bool>()) ||
+       (path == Path::kInterleave && !at::isfinite(wc).all().item<bool>())))
+    path = Path::kGather;
+  const at::Tensor wpad = pads_w
+      ? at::constant_pad_nd(wc, {0, Jw * g.sw - g.kw, 0, Jh * g.sh - g.kh}).contiguous()
+      : wc;
   // Interleave path: x rows with Jw-1 zero columns on the left and Jw-1+8 on the right (a plain
   // loop: for FCN's small 2x layers an ATen pad call costs more than the copy).
   std::vector<T> xpad;
@@ -334,7 +344,7 @@ void forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& wei
   at::Tensor skip_c;
   ForwardArgs<T> a{&g, xc.const_data_ptr<T>(), wc.const_data_ptr<T>(), wpad.const_data_ptr<T>(),
                    Jh, Jw, xpad.data(), Wp, rows_in.data(),
-                   nullptr, 0, 0, 0, 0, 0, out.mutable_data_ptr<T>()};
+                   nullptr, 0, 0, 0, 0, 0, out.mutable_data_ptr<T>(), path == Path::kGather};
   if (skip.has_value()) {
     skip_c = skip->stride(3) == 1 ? *skip : skip->contiguous();
     a.skip = skip_c.const_data_ptr<T>();

@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, open_regular
 from ..errors import CaffemodelError
 from . import wire
 from .proto import V2_TYPE_BY_NUMBER
@@ -63,7 +63,7 @@ def read(path) -> "dict[str, list[np.ndarray]]":
 
 def read_typed(path) -> "dict[str, tuple[str, list[np.ndarray]]]":
     """Like `read`, with each layer's type: name -> (type, blobs); V1 enum types come as V2 names."""
-    with open(path, "rb") as f:
+    with open_regular(path, lambda msg: CaffemodelError(msg, file=str(path))) as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise CaffemodelError("empty file, not a caffemodel", file=str(path), offset=0)
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)

@@ -3,11 +3,14 @@
 The parser knows no schema: scalars come back as `str` (quoted strings), `int`, `float` or
 `Enum` (a bare identifier such as MAX, TRAIN, true). Typed access with defaults and checks
 goes through `Message.get_int` / `get_float` / `get_bool` / `get_enum` / `get_str`, which name
-the file, line and column of a bad value.
+the file, line and column of a bad value. The reader is iterative, one regex match per field,
+with messages nested at most MAX_DEPTH deep; memory stays a small multiple of the text's size.
 """
+import gc
 import math
 import re
 
+from ..atomic import open_regular
 from ..errors import PrototxtError
 
 # Fields whose values are enums in caffe.proto: a Python str given for them prints bare.
@@ -26,14 +29,50 @@ class Enum(str):
 
 
 class Message:
-    """An ordered multi-map of fields, as protobuf text gives them; remembers where it began."""
+    """An ordered multi-map of fields, as protobuf text gives them; remembers where it began.
 
-    __slots__ = ("fields", "file", "line", "col", "positions")
+    A parsed message keeps only a reference to the text and its offset in it: the positions of its
+    fields (line, col) are computed when first asked for (errors, the legacy upgrade), so a large
+    file costs a small multiple of its size."""
+
+    __slots__ = ("fields", "file", "_line", "_col", "_pos", "_src", "_off")
 
     def __init__(self, fields=None, file=None, line=None, col=None):
         self.fields = list(fields or [])
-        self.file, self.line, self.col = file, line, col
-        self.positions = {}  # index in fields -> (line, col) of that field's key
+        self.file, self._line, self._col = file, line, col
+        self._pos, self._src, self._off = None, None, -1
+
+    @property
+    def line(self):
+        return self._where()[0]
+
+    @line.setter
+    def line(self, value):
+        self._line = value
+
+    @property
+    def col(self):
+        return self._where()[1]
+
+    @col.setter
+    def col(self, value):
+        self._col = value
+
+    def _where(self):
+        if self._line is None and self._src is not None:
+            self._line, self._col = self._src.linecol(self._off) if self._off >= 0 else (1, 1)
+        return self._line, self._col
+
+    @property
+    def positions(self):
+        """{index in fields: (line, col) of that field's key}."""
+        if self._pos is None:
+            self._pos = _positions_of(self) if self._src is not None else {}
+        return self._pos
+
+    @positions.setter
+    def positions(self, value):
+        self._pos = value
 
     # --- building --------------------------------------------------------------------------
     @classmethod
@@ -47,11 +86,13 @@ class Message:
         return msg
 
     def add(self, key, value):
+        self.positions  # noqa: B018  (fixed before the fields change)
         self.fields.append((key, value))
         return value
 
     def set(self, key, value):
         """Replace every occurrence of key by one value (keeps the first position)."""
+        self.positions  # noqa: B018  (fixed before the fields change)
         idx = next((i for i, (k, _) in enumerate(self.fields) if k == key), None)
         self.remove(key)
         self.fields.insert(len(self.fields) if idx is None else idx, (key, value))
@@ -65,8 +106,9 @@ class Message:
     def copy(self):
         """Deep copy."""
         out = Message([(k, v.copy() if isinstance(v, Message) else v) for k, v in self.fields],
-                      self.file, self.line, self.col)
-        out.positions = dict(self.positions)
+                      self.file, self._line, self._col)
+        out._src, out._off = self._src, self._off
+        out._pos = None if self._pos is None else dict(self._pos)
         return out
 
     # --- reading ---------------------------------------------------------------------------
@@ -189,12 +231,15 @@ def _canon(v):
     return ("num", float(v))
 
 
+_INT_RANGE = (-(1 << 63), 1 << 64)  # protobuf's widest integers, int64 and uint64
+
+
 def _as_int(v):
     if isinstance(v, bool) or isinstance(v, str):
         return None
     if isinstance(v, float):
-        return int(v) if v.is_integer() else None
-    return v
+        v = int(v) if v.is_integer() else None
+    return v if v is not None and _INT_RANGE[0] <= v < _INT_RANGE[1] else None
 
 
 def _as_float(v):
@@ -215,63 +260,74 @@ def _as_bool(v):
     return None
 
 
-# --- tokenizer --------------------------------------------------------------------------------
-_TOKEN = re.compile(r"""
-    (?P<ws>[ \t\r\f\v]+|\n)
-  | (?P<comment>\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?(?![A-Za-z_0-9]))
-  | (?P<ident>[-+]?[A-Za-z_][A-Za-z_0-9]*)
-  | (?P<punct>[{}<>:;,\[\]])
-""", re.VERBOSE)
+# --- parser -----------------------------------------------------------------------------------
+MAX_DEPTH = 100  # nesting of messages; Caffe's deepest is 4 (net > layer > param > filler)
+
+_SKIP = r"(?:[ \t\r\n\f\v]++|\#[^\n]*+)*+"  # possessive: a comment is never cut short to match
+_STRING = r""""[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+'"""  # unrolled: no per-character state
+_NUMBER = r"[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?(?![A-Za-z_0-9])"
+_IDENT = r"[A-Za-z_][A-Za-z_0-9]*"
+_FIELD = re.compile(  # one field (name, and a scalar value when it has one), a closing bracket, or the end
+    _SKIP + rf"(?:(?P<key>{_IDENT}){_SKIP}(?P<colon>:)?{_SKIP}(?:(?P<open>[{{<])|(?P<list>\[)"
+    rf"|(?:(?P<string>{_STRING})(?P<more>(?:{_SKIP}(?:{_STRING}))++)?|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))"
+    rf"(?:{_SKIP}(?P<sep>[;,]))?)?|(?P<close>[}}>])(?:{_SKIP}(?P<csep>[;,]))?|(?P<eof>\Z))")
+_STRING_RE = re.compile(_STRING)
+_VALUE = re.compile(_SKIP + rf"(?:(?P<string>{_STRING})|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))")
+_NEXT_STRING = re.compile(_SKIP + rf"(?P<string>{_STRING})")
+_PUNCT = re.compile(_SKIP + r"(?P<p>[\[\],;])")
+_ESCAPE_RUN = re.compile(r"[^\\]+|\\(?:x[0-9a-fA-F]{1,2}|X[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)", re.S)
+_SKIP_RE = re.compile(_SKIP)
+_TOKEN = re.compile(rf"{_STRING}|{_NUMBER}|[-+]?{_IDENT}|[{{}}<>:;,\[\]]")
+
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
             "\\": "\\", "'": "'", '"': '"', "?": "?"}
 
 
-def _tokens(text, file):
-    line, line_start, pos = 1, 0, 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise PrototxtError(f"unexpected character {text[pos]!r}", file, line, pos - line_start + 1)
-        kind = m.lastgroup
-        col = pos - line_start + 1
-        if kind == "ws":
-            if m.group() == "\n":
-                line += 1
-                line_start = m.end()
-        elif kind != "comment":
-            yield kind, m.group(), line, col
-        pos = m.end()
-    yield "eof", "", line, pos - line_start + 1
+class _Source:
+    """The parsed text, kept so that positions can be given after parsing (only errors and the
+    legacy upgrade ask): line and column from a character offset."""
 
+    __slots__ = ("text", "file", "_mark")
 
-def _unquote(tok, file, line, col):
-    """Caffe's strings are bytes: literal characters give their UTF-8, escapes give raw bytes."""
-    body, out, i = tok[1:-1], bytearray(), 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out += c.encode("utf-8")
-            i += 1
-            continue
-        nxt = body[i + 1]
-        if nxt in _ESCAPES:
-            out += _ESCAPES[nxt].encode()
-            i += 2
-        elif nxt in "xX":
-            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
-            if not m:
-                raise PrototxtError("bad \\x escape in string", file, line, col + i + 1)
-            out.append(int(m.group(), 16))
-            i += 2 + len(m.group())
-        elif nxt in "01234567":
-            m = re.match(r"[0-7]{1,3}", body[i + 1:])
-            out.append(int(m.group(), 8) & 0xFF)
-            i += 1 + len(m.group())
+    def __init__(self, text, file):
+        self.text, self.file, self._mark = text, file, (0, 1)
+
+    def linecol(self, off):
+        """(line, col) of offset `off`, counting from the last offset asked (asks come mostly in order)."""
+        mark, line = self._mark
+        if off >= mark:
+            line += self.text.count("\n", mark, off)
         else:
-            raise PrototxtError(f"unknown escape \\{nxt} in string", file, line, col + i + 1)
+            line -= self.text.count("\n", off, mark)
+        self._mark = (off, line)
+        return line, off - (self.text.rfind("\n", 0, off) + 1) + 1
+
+    def error(self, message, off):
+        line, col = self.linecol(off)
+        return PrototxtError(message, self.file, line, col)
+
+
+def _unquote(tok, src, off):
+    """Caffe's strings are bytes: literal characters give their UTF-8, escapes give raw bytes."""
+    body = tok[1:-1]
+    if "\\" not in body:
+        return body
+    out = bytearray()
+    for m in _ESCAPE_RUN.finditer(body):
+        piece = m.group()
+        if piece[0] != "\\":
+            out += piece.encode("utf-8")
+        elif piece[1] in _ESCAPES:
+            out += _ESCAPES[piece[1]].encode()
+        elif piece[1] in "xX":
+            if len(piece) == 2:
+                raise src.error("bad \\x escape in string", off + 1 + m.start())
+            out.append(int(piece[2:], 16))
+        elif piece[1] in "01234567":
+            out.append(int(piece[1:], 8) & 0xFF)
+        else:
+            raise src.error(f"unknown escape \\{piece[1]} in string", off + 1 + m.start())
     try:
         return out.decode("utf-8")
     except UnicodeDecodeError:
@@ -279,102 +335,192 @@ def _unquote(tok, file, line, col):
 
 
 def _number(tok):
-    t = tok.rstrip("fF") if not tok.lower().startswith(("0x", "-0x", "+0x")) else tok
-    if re.fullmatch(r"[-+]?0[xX][0-9a-fA-F]+", t):
-        return int(t, 16)
-    if re.fullmatch(r"[-+]?\d+", t):
+    if "x" in tok or "X" in tok:  # 0x1F, -0x1F (the regex admits no other x)
+        return int(tok, 16)
+    t = tok.rstrip("fF")
+    if t.isdigit() or (t[:1] in "+-" and t[1:].isdigit()):
         return int(t)
     return float(t)
 
 
 class _Parser:
-    def __init__(self, text, file):
-        self.file = file
-        self.toks = _tokens(text, file)
-        self.advance()
+    """Iterative (an explicit stack, MAX_DEPTH deep at most), one regex match per field name and
+    one per value; records no positions (Message computes them on demand) unless `record`."""
 
-    def advance(self):
-        self.kind, self.tok, self.line, self.col = next(self.toks)
+    def __init__(self, src, record=False):
+        self.src, self.text, self.record = src, src.text, record
+        self.keys, self.enums = {}, {}  # each field name and enum value held once
 
-    def fail(self, what):
-        found = "end of file" if self.kind == "eof" else repr(self.tok)
-        raise PrototxtError(f"expected {what}, found {found}", self.file, self.line, self.col)
+    def fail(self, what, pos):
+        """The error at the first token from `pos`: what was expected and what was found."""
+        at = _SKIP_RE.match(self.text, pos).end()
+        if at >= len(self.text):
+            raise self.src.error(f"expected {what}, found end of file", at)
+        m = _TOKEN.match(self.text, at)
+        if m is None:
+            raise self.src.error(f"unexpected character {self.text[at]!r}", at)
+        raise self.src.error(f"expected {what}, found {m.group()!r}", at)
 
-    def message(self, close):
-        msg = Message(file=self.file, line=self.line, col=self.col)
-        while not (self.kind == "punct" and self.tok == close) and not (close is None and self.kind == "eof"):
-            if self.kind == "eof":
-                self.fail(f"'{close}' to close the message")
-            if self.kind != "ident" or self.tok[0] in "+-":
-                self.fail("a field name")
-            key, line, col = self.tok, self.line, self.col
-            self.advance()
-            colon = self.kind == "punct" and self.tok == ":"
-            if colon:
-                self.advance()
-            if self.kind == "punct" and self.tok in "{<":
-                end = "}" if self.tok == "{" else ">"
-                self.advance()
-                value = self.message(end)
-                value.line, value.col = line, col
-                self.advance()
-                msg.positions[len(msg.fields)] = (line, col)
-                msg.add(key, value)
-            elif not colon:
-                self.fail(f"':' or '{{' after field name '{key}'")
-            elif self.kind == "punct" and self.tok == "[":
-                self.advance()
-                while not (self.kind == "punct" and self.tok == "]"):
-                    msg.positions[len(msg.fields)] = (line, col)
-                    msg.add(key, self.scalar(key))
-                    if self.kind == "punct" and self.tok == ",":
-                        self.advance()
-                    elif not (self.kind == "punct" and self.tok == "]"):
-                        self.fail("',' or ']'")
-                self.advance()
-            else:
-                msg.positions[len(msg.fields)] = (line, col)
-                msg.add(key, self.scalar(key))
-            if self.kind == "punct" and self.tok in ";,":
-                self.advance()
-        return msg
+    def parse(self, pos=0, close=None):
+        """The message whose body starts at `pos` (closed by `close`, or by the end of the text)."""
+        text, keys, strings, src, record = self.text, self.keys, {}, self.src, self.record
+        match, number_of = _FIELD.match, _number
+        root = _parsed(src, pos if close is not None else -1)
+        msg, stack, positions = root, [], {}
+        fields = msg.fields
+        append = fields.append
+        while True:
+            m = match(text, pos)
+            if m is None:
+                self.fail("a field name", pos)
+            key, colon, opened, listed, string, more, number, ident, _, closed, _, eof = m.groups()
+            if key is not None and colon is not None:  # a scalar field, the common case
+                key = keys.setdefault(key, key)
+                if record and not stack:
+                    positions[len(fields)] = m.start("key")
+                if string is not None:
+                    value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
+                    if more is not None:
+                        for n in _STRING_RE.finditer(more):
+                            value += _unquote(n.group(), src, m.start("more") + n.start())
+                    held = strings.get(value)
+                    if held is None:
+                        if len(strings) > 4096:  # a window of recent values, not every value
+                            strings.clear()
+                        held = strings[value] = value
+                    append((key, held))
+                elif number is not None:
+                    append((key, number_of(number)))
+                elif ident is not None:
+                    append((key, self._ident(key, ident, m.start("ident"))))
+                elif listed is not None:
+                    pos = self._list(msg, key, m.start("key"), m.end(), positions if record and not stack else None)
+                    sep = _PUNCT.match(text, pos)
+                    if sep is not None and sep.group("p") in ";,":
+                        pos = sep.end()
+                    continue
+                elif opened is None:
+                    self.fail(f"a value for '{key}'", m.end())
+                if opened is None:
+                    pos = m.end()
+                    continue
+            if key is None:
+                if (eof is not None) != (close is None) or (closed is not None and closed != close):
+                    self.fail("a field name" if eof is None else f"'{close}' to close the message", pos)
+                if not stack:
+                    if record:
+                        root._pos = {i: src.linecol(off) for i, off in positions.items()}
+                    return root, m.end()
+                msg.fields = fields[:]  # no room left for appends
+                msg, close = stack.pop()
+                fields, pos = msg.fields, m.end()
+                append = fields.append
+                continue
+            if opened is None:
+                self.fail(f"':' or '{{' after field name '{key}'", m.end("key"))
+            key = keys.setdefault(key, key)
+            if record and not stack:
+                positions[len(fields)] = m.start("key")
+            if len(stack) >= MAX_DEPTH:
+                raise src.error(f"messages nested deeper than {MAX_DEPTH}", m.start("key"))
+            child = _parsed(src, m.start("key"))
+            append((key, child))
+            stack.append((msg, close))
+            msg, close, pos = child, "}" if opened == "{" else ">", m.end()
+            fields = msg.fields
+            append = fields.append
 
-    def scalar(self, key):
-        kind, tok = self.kind, self.tok
+    def _list(self, msg, key, key_off, pos, positions):
+        """`key: [v1, v2, ...]`: a repeated field written at once."""
+        first = True
+        while True:
+            p = _PUNCT.match(self.text, pos)
+            if p is not None and p.group("p") == "]":
+                return p.end()
+            if not first:
+                if p is None or p.group("p") != ",":
+                    self.fail("',' or ']'", pos)
+                pos = p.end()
+            value, pos = self._scalar(key, pos)
+            if positions is not None:
+                positions[len(msg.fields)] = key_off
+            msg.fields.append((key, value))
+            first = False
+
+    def _scalar(self, key, pos):
+        m = _VALUE.match(self.text, pos)
+        if m is None:
+            self.fail(f"a value for '{key}'", pos)
+        kind, tok = m.lastgroup, m.group(m.lastgroup)
         if kind == "string":
-            parts = []
-            while self.kind == "string":
-                parts.append(_unquote(self.tok, self.file, self.line, self.col))
-                self.advance()
-            return "".join(parts)
+            value, end = _unquote(tok, self.src, m.start("string")), m.end()
+            while (n := _NEXT_STRING.match(self.text, end)) is not None:
+                value += _unquote(n.group("string"), self.src, n.start("string"))
+                end = n.end()
+            return value, end
         if kind == "number":
-            self.advance()
-            return _number(tok)
-        if kind == "ident":
-            self.advance()
-            low = tok.lower().lstrip("+")
-            if low in ("inf", "infinity", "-inf", "-infinity", "nan", "-nan"):
-                return float(low.replace("infinity", "inf"))
-            if tok[0] in "+-":
-                raise PrototxtError(f"expected a value for '{key}', found {tok!r}", self.file, self.line, self.col)
-            return Enum(tok)
-        self.fail(f"a value for '{key}'")
+            return _number(tok), m.end()
+        return self._ident(key, tok, m.start("ident")), m.end()
+
+    def _ident(self, key, tok, off):
+        """An enum value, true/false, or inf/nan (with a sign, only these)."""
+        low = tok.lower().lstrip("+")
+        if low in ("inf", "infinity", "-inf", "-infinity", "nan", "-nan"):
+            return float(low.replace("infinity", "inf"))
+        if tok[0] in "+-":
+            raise self.src.error(f"expected a value for '{key}', found {tok!r}", off)
+        enum = self.enums.get(tok)
+        if enum is None:
+            enum = self.enums[tok] = Enum(tok)
+        return enum
+
+
+def _parsed(src, off):
+    msg = Message()
+    msg._src, msg._off, msg.file = src, off, src.file
+    return msg
+
+
+def _positions_of(msg):
+    """Positions of a parsed message's fields, by parsing its text again with recording on."""
+    src, off = msg._src, msg._off
+    parser = _Parser(src, record=True)
+    if off < 0:
+        again, _ = parser.parse(0, None)
+    else:
+        m = _FIELD.match(src.text, off)
+        close = "}" if m.group("open") == "{" else ">"
+        again, _ = parser.parse(m.end(), close)
+    return again._pos if len(again.fields) == len(msg.fields) else {}
 
 
 def loads(text, file=None):
     """Parse protobuf text into a Message; errors name file:line:column."""
-    if isinstance(text, bytes):
+    if isinstance(text, (bytes, bytearray, memoryview)):
         try:
-            text = text.decode("utf-8")
+            text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
             raise PrototxtError(f"not UTF-8 text (byte {e.start})", file) from None
-    return _Parser(text, file).message(None)
+    enabled = gc.isenabled()
+    gc.disable()  # the tree has no cycles; collections while it grows would revisit it again and again
+    try:
+        msg, _ = _Parser(_Source(text, file)).parse()
+    finally:
+        if enabled:
+            gc.enable()
+    return msg
 
 
 def load(path):
     """Parse a protobuf text file."""
-    with open(path, "rb") as f:
-        return loads(f.read(), file=str(path))
+    with open_regular(path, lambda msg: PrototxtError(msg, str(path))) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PrototxtError(f"not UTF-8 text (byte {e.start})", str(path)) from None
+    del data  # the text alone is kept
+    return loads(text, file=str(path))
 
 
 # --- printer ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from collections import Counter
 
 from ..errors import NetError, PrototxtError
 from . import prototxt
+from .proto import check_fields
 from .prototxt import Enum, Message
 
 PHASES = {"train": "TRAIN", "test": "TEST", "val": "TEST", "deploy": "TEST"}
@@ -62,10 +63,13 @@ class LayerSpec:
         """(lr_mult, decay_mult) per parameter blob index, Caffe's defaults 1 and 1."""
         return [(p.get_float("lr_mult", 1.0), p.get_float("decay_mult", 1.0)) for p in self.param_specs]
 
-    def error(self, message, key=None):
-        """A NetError naming this layer, with the prototxt position when known."""
-        line, _ = self.msg.where(key)
-        where = f" ({self.msg.file or '<prototxt>'}:{line})" if line else ""
+    def error(self, message, key=None, within=None):
+        """A NetError naming this layer, with the prototxt position (of `key` in `within`, a
+        sub-message such as the layer's params, else in the layer) when known."""
+        line, col = (within if within is not None else self.msg).where(key)
+        if key is not None and within is not None and not within.has(key):
+            line, col = self.msg.where()
+        where = f" ({self.msg.file or '<prototxt>'}:{line}:{col})" if line else ""
         return NetError(message + where, layer=self.name)
 
     def included_in(self, phase, level=0, stages=()):
@@ -115,23 +119,33 @@ class NetSpec:
         return spec
 
     @classmethod
-    def from_prototxt(cls, path_or_text):
-        """From a prototxt file path, or from prototxt text if it contains a newline or brace."""
+    def from_prototxt(cls, path_or_text, unknown_fields="error"):
+        """From a prototxt file path, or from prototxt text if it contains a newline or brace.
+        A field caffe.proto's NetParameter does not have is an error, as in Caffe; unknown_fields=
+        "warn" ignores such fields (files of Caffe forks), naming each in a warning."""
         text = str(path_or_text)
         if "\n" in text or "{" in text:
-            return cls.from_message(prototxt.loads(text))
-        return cls.from_message(prototxt.load(text), file=text)
+            return cls.from_message(check_fields(prototxt.loads(text), "NetParameter", unknown_fields))
+        msg = check_fields(prototxt.load(text), "NetParameter", unknown_fields)
+        return cls.from_message(msg, file=text)
 
-    def validate(self):
-        """Every layer has a name and a type, and every bottom is produced by an earlier layer."""
+    def validate(self, one_source=False):
+        """Every layer has a name and a type, and every bottom is produced by an earlier layer;
+        with one_source (a net filtered to one phase, as Caffe's Net::AppendTop sees it) a top is
+        produced once, unless a layer writes it in place (top i named as bottom i)."""
         produced = set()
         for layer in self.layers:
             if not layer.type:
                 raise layer.error("layer has no type")
-            for b in layer.bottom:
+            bottoms = layer.bottom
+            for b in bottoms:
                 if b not in produced:
                     raise layer.error(f"unknown bottom blob '{b}' (no earlier layer produces it)", "bottom")
-            produced.update(layer.top)
+            for i, t in enumerate(layer.top):
+                in_place = i < len(bottoms) and bottoms[i] == t
+                if one_source and t in produced and not in_place:
+                    raise layer.error(f"top blob '{t}' produced by multiple sources", "top")
+                produced.add(t)
         return self
 
     # --- views ---------------------------------------------------------------------------------
@@ -143,7 +157,7 @@ class NetSpec:
         level = state.get_int("level", level)
         stages = tuple(state.getall("stage")) or stages
         kept = [l for l in self.layers if l.included_in(phase, level, stages)]
-        return NetSpec(kept, self.name, self.extra.copy(), self.file).validate()
+        return NetSpec(kept, self.name, self.extra.copy(), self.file).validate(one_source=True)
 
     def layer(self, name):
         for l in self.layers:

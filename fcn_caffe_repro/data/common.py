@@ -11,6 +11,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from ..atomic import open_regular
 from ..errors import CaffeError
 
 LISTS = Path(__file__).with_name("lists")
@@ -77,13 +78,14 @@ def read_class_block(path):
 
 def open_image(path):
     """A PIL image, or an error naming the file."""
+    if not os.path.exists(path):
+        raise DatasetFileError("image file not found", path)
     try:
-        im = Image.open(path)
-        im.load()
+        with open_regular(path, OSError) as f:  # a FIFO or device would block the reader
+            im = Image.open(f)
+            im.load()
         return im
-    except FileNotFoundError:
-        raise DatasetFileError("image file not found", path) from None
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's kinds of "corrupt"
         raise DatasetError(f"cannot read image: {e}", path) from None
 
 

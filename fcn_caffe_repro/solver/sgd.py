@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..caffe.proto import check_fields
 from ..caffe.spec import NetSpec
 from ..errors import CaffeError
 from ..net import CaffeNet
@@ -91,7 +92,7 @@ class SGDSolver:
             if params["random_seed"] >= 0:
                 seed_everything(params["random_seed"])
             spec = (NetSpec.from_prototxt(source[1]) if source[0] == "path"
-                    else NetSpec.from_message(source[1], file=str(path)))
+                    else NetSpec.from_message(check_fields(source[1], "NetParameter"), file=str(path)))
             net = CaffeNet(spec, phase="train")
         if weights is not None:
             net.load_caffemodel(weights)

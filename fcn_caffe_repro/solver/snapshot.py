@@ -1,12 +1,18 @@
 """The solver snapshot: one torch.save'd dict holding weights, momentum history, iteration,
 smoothed-loss window, solver parameters, the train net's prototxt and every process's RNG states.
-Written atomically; read with weights_only loading and checked before anything is assigned."""
+Written atomically; read with weights_only loading and checked before anything is assigned.
+
+A training run's snapshot is one unit, a folder NAME/ holding NAME.solverstate.pt and
+NAME.caffemodel, built under a temporary name and renamed into place (atomic.atomic_dir): a killed
+run leaves complete units and temporaries, which `restore_latest` removes before it restores the
+newest unit that loads, saying so when it had to skip a newer one."""
 import os
+import re
 import warnings
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_dir, atomic_write, open_regular, remove_stale
 from ..distributed import barrier, gather_to_root, is_root, rank_and_world
 from ..errors import CaffeError
 from .rng import rng_state, set_rng_state
@@ -32,10 +38,11 @@ def atomic_save(obj, path):
 
 def load_snapshot(path):
     """Read and check a snapshot file (tensors and plain data only: weights_only loading)."""
+    if not os.path.exists(path):
+        raise SnapshotError("no such snapshot file", path)
     try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SnapshotError("no such snapshot file", path) from None
+        with open_regular(path, OSError) as f:  # a FIFO or device would block the reader
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file
         raise SnapshotError(f"cannot read snapshot ({type(e).__name__}: {e})", path) from None
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
@@ -124,3 +131,59 @@ def _this_process_rng(states, path):
                       stacklevel=4)  # the caller of SGDSolver.restore
         return None
     return states[rank]
+
+
+UNIT_RE = re.compile(r"_iter_(\d+)$")
+
+
+def save_unit(solver, folder, name):
+    """Snapshot `solver` as the unit folder/name/ (solver state + .caffemodel), all or nothing.
+    Every process calls it (the RNG states are gathered); process 0 writes. Returns the path of
+    the unit's solver state."""
+    state = solver_state(solver)
+    final = os.path.join(os.fspath(folder), name)
+    if is_root():
+        with atomic_dir(final) as tmp:
+            with open(os.path.join(tmp, name + ".solverstate.pt"), "xb") as f:
+                torch.save(state, f)
+            solver.net.save_caffemodel(os.path.join(tmp, name + ".caffemodel"))
+    barrier()
+    return os.path.join(final, name + ".solverstate.pt")
+
+
+def complete_units(folder):
+    """The solver states of the complete units in `folder`, newest (highest iteration) first; a
+    lone NAME_iter_N.solverstate.pt (runs before snapshots were units) counts as one."""
+    found = []
+    if os.path.isdir(folder):
+        for entry in os.listdir(folder):
+            unit = os.path.join(folder, entry, entry + ".solverstate.pt")
+            lone = os.path.join(folder, entry)
+            if (m := UNIT_RE.search(entry)) and os.path.isfile(unit):
+                found.append((int(m.group(1)), unit))
+            elif entry.endswith(".solverstate.pt") and (m := UNIT_RE.search(entry[:-15])) and os.path.isfile(lone):
+                found.append((int(m.group(1)), lone))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def restore_latest(solver, folder):
+    """Remove the temporaries a killed run left in `folder`, then restore the newest unit that
+    loads (a damaged one is skipped with a warning). Returns (path or None, [(skipped path,
+    reason)]); raises SnapshotError when units exist but none loads."""
+    if is_root():
+        remove_stale(folder)
+    barrier()
+    skipped = []
+    for path in complete_units(folder):
+        try:
+            restore_solver(solver, path)
+        except SnapshotError as e:
+            skipped.append((path, e.reason))
+            continue
+        if skipped:
+            warnings.warn(f"resuming from {path}; newer snapshots did not load: "
+                          + "; ".join(f"{p}: {r}" for p, r in skipped), stacklevel=2)
+        return path, skipped
+    if skipped:
+        raise SnapshotError("no snapshot loads: " + "; ".join(f"{p}: {r}" for p, r in skipped), folder)
+    return None, skipped
