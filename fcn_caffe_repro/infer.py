@@ -1,6 +1,7 @@
 """Segment your own images: per image a palette label PNG and an overlay, an unreadable image
 reported and skipped (the others are still segmented)."""
 import sys
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -10,7 +11,21 @@ from .atomic import check_not_source
 from .data.common import caffe_input, load_rgb
 from .errors import CaffeError
 
-__all__ = ["segment_files"]
+__all__ = ["check_outputs", "segment_files"]
+
+
+def outputs_of(path, out_dir):
+    """The two files segment_files writes for image `path`: the label PNG and the overlay."""
+    return out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"
+
+
+def check_outputs(images, out_dir):
+    """Refuse (CaffeError naming both files) when an output would replace one of the input images,
+    e.g. --out-dir the photos' own folder with a NAME.png among them (atomic.check_not_source)."""
+    out_dir = Path(out_dir)
+    for path in images:
+        for out in outputs_of(path, out_dir):
+            check_not_source(out, images)
 
 
 def segment_files(net, images, out_dir, mean, classes, score="score", alpha=0.5, device="cpu", progress=True,
@@ -22,9 +37,8 @@ def segment_files(net, images, out_dir, mean, classes, score="score", alpha=0.5,
 
     report = report or (lambda path, reason: print(f"skipped {path}: {reason}", file=sys.stderr))
     (input_name,) = net.inputs
-    for path in images:  # an output may not replace an input (e.g. --out-dir the photos' folder)
-        for out in (out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"):
-            check_not_source(out, images)
+    out_dir = Path(out_dir)
+    check_outputs(images, out_dir)  # an output may not replace an input (e.g. --out-dir the photos' folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     with torch.inference_mode():
@@ -36,7 +50,8 @@ def segment_files(net, images, out_dir, mean, classes, score="score", alpha=0.5,
                 skipped.append((path, str(e)))
                 report(path, str(e))
                 continue
-            visualize.save_label_png(out_dir / f"{path.stem}.png", label)
-            Image.fromarray(visualize.overlay(rgb, label, classes, alpha)).save(out_dir / f"{path.stem}_overlay.png")
-            written += [out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"]
+            label_png, overlay_png = outputs_of(path, out_dir)
+            visualize.save_label_png(label_png, label)
+            Image.fromarray(visualize.overlay(rgb, label, classes, alpha)).save(overlay_png)
+            written += [label_png, overlay_png]
     return written, skipped

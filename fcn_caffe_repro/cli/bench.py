@@ -4,12 +4,13 @@
     fcn bench fused --rounds 15     # the fused skip op on FCN-8s's three upsampling calls
     fcn bench convert               # reading a full-size caffemodel
     fcn bench train --iters 6       # Caffe SGD iterations per second, fused and plain
+    fcn bench prototxt --mb 50      # parsing a 50 MB prototxt: time and peak memory
     fcn bench net --help            # each benchmark's own options
 """
 import importlib
 import sys
 
-BENCHMARKS = ("net", "fused", "convert", "train")
+BENCHMARKS = ("net", "fused", "convert", "train", "prototxt")
 
 
 def main(argv=None, prog=None):

@@ -6,18 +6,18 @@
     fcn infer --net voc-fcn8s --weights runs/mine.caffemodel --classes my_data/classes.txt photos/   # own classes
 
 Any image size: the net runs at the image's native size. For each input NAME.ext it writes
-OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend).
+OUT/NAME.png (class indices, VOC palette) and OUT/NAME_overlay.png (image, class colours, legend);
+an unreadable image is reported and skipped, the others still segmented (exit status 1). An
+output that would replace an input image is refused before anything runs.
 """
 import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .. import evaluate, visualize
-from ..data import caffe_input
-from ..data.common import load_rgb
+from .. import evaluate
 from ..data.folder import parse_mean, read_classes
+from ..infer import check_outputs, segment_files
 from ..nets import build_net
 from .common import ensure_dir, parser, run_main, weights_path
 
@@ -63,23 +63,18 @@ def run(args):
     if args.mean is not None:
         mean = parse_mean(args.mean)
     images = list_images(args.inputs)
+    check_outputs(images, args.out_dir)  # before any work: --out-dir the photos' own folder, say
     ensure_dir(args.out_dir)
     if args.weights is None:
         print("warning: no --weights, the net has random weights", file=sys.stderr)
     net = build_net(args.net, phase="deploy", num_classes=args.num_classes, width_divisor=args.width_divisor,
-                        weights=args.weights).to(args.device).eval()
-    (input_name,) = net.inputs
-    from tqdm import tqdm
-
-    with torch.inference_mode():
-        for path in tqdm(images, unit="img", desc="infer"):
-            rgb = load_rgb(path)
-            x = caffe_input(rgb, mean).to(args.device)
-            label = evaluate.predict(net, {input_name: x}, score).cpu()
-            visualize.save_label_png(args.out_dir / f"{path.stem}.png", label)
-            Image.fromarray(visualize.overlay(rgb, label, classes, args.alpha)).save(
-                args.out_dir / f"{path.stem}_overlay.png")
-    print(f"wrote {2 * len(images)} files to {args.out_dir}")
+                    weights=args.weights).to(args.device).eval()
+    written, skipped = segment_files(net, images, args.out_dir, mean, classes, score, args.alpha, args.device)
+    print(f"wrote {len(written)} files to {args.out_dir}")
+    if skipped:
+        print(f"{len(skipped)} of {len(images)} images skipped (unreadable): "
+              + ", ".join(str(p) for p, _ in skipped), file=sys.stderr)
+        return 1
     return 0
 
 

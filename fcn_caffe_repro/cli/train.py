@@ -8,7 +8,9 @@
 
 --init is a file (.caffemodel, .safetensors, .pt) or a release name (fcn weights fetch NAME).
 OUT (default runs/NET) gets log.jsonl (one JSON record per display interval, validation, snapshot),
-snapshots/train_iter_N.solverstate.pt and .caffemodel; --resume continues from the latest one.
+snapshots/train_iter_N/ (solver state and .caffemodel, written as one); --resume continues from the newest
+complete one that loads (a killed run's temporaries removed, a damaged newer one skipped with a warning).
+A training item that fails to load stops the run with one line and a snapshot of the iteration reached.
 """
 import sys
 from pathlib import Path

@@ -3,8 +3,10 @@
 Like Caffe's upgrade_net_proto_text:
 
     fcn upgrade VGG_ILSVRC_16_layers_deploy.prototxt vgg16_deploy.prototxt
+
+The output is written atomically and may not be the input (upgrade to a new file, then rename).
 """
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_not_source
 from ..caffe import prototxt
 from ..caffe.upgrade import upgrade_net
 from .common import parser, run_main
@@ -18,8 +20,9 @@ def build_parser(prog=None):
 
 
 def run(args):
+    check_not_source(args.output, [args.input])  # before the work, not only at the write
     net = upgrade_net(prototxt.load(args.input))
-    with atomic_write(args.output) as f:
+    with atomic_write(args.output, sources=[args.input]) as f:
         f.write(prototxt.dumps(net).encode())
     print(f"wrote {args.output}")
     return 0
