@@ -20,15 +20,6 @@ from .plan import layer_steps, with_frees
 
 
 
-def _shape_equals(file_shape, param_shape):
-    """Caffe's Blob::ShapeEquals for a trained blob: the same shape, or a legacy 4-D blob whose
-    (num, channels, height, width) is the parameter's shape with leading axes of 1."""
-    if file_shape == param_shape:
-        return True
-    return len(file_shape) == 4 and len(param_shape) <= 4 and \
-        file_shape == (1,) * (4 - len(param_shape)) + param_shape
-
-
 class CaffeNet(nn.Module):
     def __init__(self, spec, phase="test", weights=None, input_shapes=None):
         super().__init__()
@@ -253,7 +244,7 @@ class CaffeNet(nn.Module):
                 raise CaffemodelError(f"{len(arrays)} blobs in the file, the net's layer has {len(params)}",
                                       file=path, layer=name)
             for i, (a, p) in enumerate(zip(arrays, params)):
-                if not _shape_equals(tuple(a.shape), tuple(p.shape)):
+                if not weight_formats.shape_equals(a.shape, p.shape):
                     raise CaffemodelError(f"blob {i} has shape {tuple(a.shape)}; the net expects "
                                           f"{tuple(p.shape)} (Caffe copies a blob only into its own "
                                           "shape)", file=path, layer=name)

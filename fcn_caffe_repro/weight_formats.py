@@ -37,6 +37,18 @@ class WeightsError(CaffeError, ValueError):
         super().__init__(f"{where}: key '{key}': {message}" if key is not None else f"{where}: {message}")
 
 
+def shape_equals(file_shape, param_shape):
+    """Caffe's Blob::ShapeEquals for a trained blob, the one shape rule for weights in every format:
+    the same shape, or a legacy 4-D blob whose (num, channels, height, width) is the parameter's
+    shape with leading axes of 1. Nothing else is reshaped (an fc weight does not load into a conv:
+    that is net surgery, surgery.transplant)."""
+    file_shape, param_shape = tuple(file_shape), tuple(param_shape)
+    if file_shape == param_shape:
+        return True
+    return len(file_shape) == 4 and len(param_shape) <= 4 and \
+        file_shape == (1,) * (4 - len(param_shape)) + param_shape
+
+
 def detect(path):
     """CAFFEMODEL, SAFETENSORS or TORCH from the file's first bytes: a zip container or a pickle
     (torch.save), an 8-byte header length followed by '{' (safetensors), else protobuf."""
@@ -158,8 +170,9 @@ def read_layers(path):
 
 def read_blobs(path, keys, strict=True):
     """{layer: [arrays]} of a weights file for a net whose parameters are `keys` ({state_dict key:
-    (layer, shape)}, in net order). A state_dict must match key for key and shape for shape
-    (strict=False: keys may be missing or extra); the first difference raises WeightsError."""
+    (layer, shape)}, in net order). A state_dict must match key for key, and shape for shape by
+    `shape_equals` as a caffemodel does in CaffeNet.load_caffemodel (strict=False: keys may be
+    missing or extra); the first difference raises WeightsError."""
     if detect(path) == CAFFEMODEL:
         return caffemodel.read(path)
     state = read_state(path)
@@ -170,9 +183,9 @@ def read_blobs(path, keys, strict=True):
                 raise WeightsError(f"the net's parameter of shape {tuple(shape)} (layer '{layer}') is not in the "
                                    "file", path, key)
             continue
-        if tuple(state[key].shape) != tuple(shape):
-            raise WeightsError(f"the file has shape {tuple(state[key].shape)}, the net expects {tuple(shape)}",
-                               path, key)
+        if not shape_equals(state[key].shape, shape):
+            raise WeightsError(f"the file has shape {tuple(state[key].shape)}, the net expects {tuple(shape)} "
+                               "(Caffe copies a blob only into its own shape)", path, key)
         blobs.setdefault(layer, []).append(state[key])
     extra = [k for k in state if k not in keys]
     if extra and strict:
