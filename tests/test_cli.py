@@ -120,6 +120,30 @@ def test_bad_input_gives_one_line_and_nonzero_exit(kind, name, place, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", ["convert", "upgrade", "infer"])
+def test_output_that_is_an_input_gives_one_line(name, tmp_path, capsys):
+    """A writer refuses to replace its input (issue16's same-file guard) with one line, exit 1,
+    before any work; the input is untouched."""
+    if name == "convert":
+        src = tmp_path / "w.caffemodel"
+        src.write_bytes((NET / "weights.caffemodel").read_bytes())
+        argv = [str(src), "--prototxt", str(NET / "net.prototxt"), "-o", str(src)]
+    elif name == "upgrade":
+        src = tmp_path / "net.prototxt"
+        src.write_text((NET / "net.prototxt").read_text())
+        argv = [str(src), str(tmp_path / "." / "net.prototxt")]
+    else:
+        src = tmp_path / "photo.png"
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(src)
+        argv = [str(src), *TINY, "--out-dir", str(tmp_path)]
+    before = src.read_bytes()
+    assert fcn.main([name, *argv]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"fcn {name}: error: ") and "the output is the input" in err, err
+    assert "Traceback" not in err and src.read_bytes() == before
+
+
 def test_verbose_shows_the_traceback():
     with pytest.raises(NetError, match="voc-fcn99s"):
         fcn.main(["export", "--net", "voc-fcn99s", "--verbose"])

@@ -253,11 +253,15 @@ def test_infer_reports_and_skips_a_corrupt_image(tmp_path, voc8, capsys):
     assert "2 of 4 images skipped" in err
 
 
-def test_infer_refuses_to_write_over_its_input_images(tmp_path, voc8):
+def test_infer_refuses_to_write_over_its_input_images(tmp_path, voc8, capsys):
+    """One error line (the fcn command's), exit 1, the photo untouched; --verbose raises."""
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
     before = (folder / "a.png").read_bytes()
+    assert tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "the output is the input" in err and "Traceback" not in err
     with pytest.raises(fcr.CaffeError, match="the output is the input"):
-        tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu"])
+        tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu", "--verbose"])
     assert (folder / "a.png").read_bytes() == before and sorted(os.listdir(folder)) == ["a.png"]

@@ -127,3 +127,32 @@ def test_convert_writes_safetensors_by_default_and_reads_every_format(files, tmp
     a, b = wf.read_state(tmp_path / "w.safetensors"), wf.read_state(tmp_path / "again.pt")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert "verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".caffemodel", ".safetensors", ".pt"])
+def test_one_shape_rule_for_every_format(suffix, tmp_path):
+    """Caffe's ShapeEquals in every format: a legacy 4-D (1, 1, 1, N) bias loads into (N,); the
+    same values as (N, 1, 1, 1), or a transposed weight, load nothing."""
+    ref = tiny(weights=NET / "weights.caffemodel")
+    state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
+    w, b = state["conv1_1.weight"], state["conv1_1.bias"]
+
+    def write(path, conv1_1):
+        if suffix == ".caffemodel":
+            layers = {n: (m.spec.type, [x.detach().numpy() for x in m.blobs()])
+                      for n, m in ref._modules_by_layer.items() if m.blobs()}
+            layers["conv1_1"] = ("Convolution", [t.numpy() for t in conv1_1])
+            fcr.caffemodel.write(path, layers)
+        else:
+            wf.write_state(path, {**state, "conv1_1.weight": conv1_1[0], "conv1_1.bias": conv1_1[1]})
+        return path
+
+    net = tiny()
+    net.load_caffemodel(write(tmp_path / f"legacy{suffix}", [w, b.reshape(1, 1, 1, -1)]))
+    assert torch.equal(net.conv1_1.bias, b) and torch.equal(net.conv1_1.weight, w)
+    for name, bad in (("column", [w, b.reshape(-1, 1, 1, 1)]), ("transposed", [w.transpose(0, 1).contiguous(), b])):
+        fresh = tiny()
+        before = fresh.conv1_1.weight.detach().clone()
+        with pytest.raises(fcr.CaffeError, match=r"conv1_1.*expects"):
+            fresh.load_caffemodel(write(tmp_path / f"{name}{suffix}", bad))
+        assert torch.equal(fresh.conv1_1.weight, before)
