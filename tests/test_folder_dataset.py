@@ -84,7 +84,7 @@ def test_fcn_train_eval_infer_on_a_folder(root, tmp_path, capsys):
     assert fcn.main(["train", *tiny, "--dataset", "folder", "--root", str(root), "--split", "train",
                      "--val", "folder:val", "--val-every", "2", "--max-iter", "2", "--snapshot-every", "2", "--out", str(tmp_path / "run"),
                      "--quiet", "--workers", "0"]) == 0
-    snapshot = sorted((tmp_path / "run" / "snapshots").glob("*.caffemodel"))[-1]
+    snapshot = sorted((tmp_path / "run" / "snapshots").glob("train_iter_*/*.caffemodel"))[-1]  # snapshot units
     assert fcn.main(["eval", *tiny, "--weights", str(snapshot), "--dataset", "folder", "--root", str(root),
                      "--split", "val", "--out", str(tmp_path / "eval"), "--quiet", "--workers", "0"]) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
