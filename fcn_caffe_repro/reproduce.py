@@ -9,17 +9,21 @@
    with the release's solver settings (weight decay 5e-4, fixed lr, one image per iteration,
    unnormalised loss); base_lr, momentum and a gradient clip differ, measured (`Config.base_lr`).
 4. FCN-8s at once (voc-fcn8s-atonce, the fixed Scale layers on the pool skips) from the same
-   classifier, for as many iterations as the three stages together.
+   classifier, for as many iterations as the three stages together; the skip scales follow the
+   rule behind the release's constants, measured in this net (`balance_skips`).
 5. Two controls: FCN-32s trained on as long as FCN-8s (is it the skips or the iterations?), and
    FCN-32s from He-initialised weights (does the classifier stage earn its place?).
 
 Every stage is a `training.Trainer` run validated with the one scorer (`evaluate.Evaluator`); the
-table comes from the same scorer on held-out images.
+table comes from the same scorer on held-out images. The runs go side by side, one process and one
+thread each (`run`), so call it from under ``if __name__ == "__main__":`` in a script.
 """
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,15 +52,20 @@ class Config:
     size: int = 128
     num_classes: int = 6
     width_divisor: int = 16
-    iters: tuple = (1500, 1000, 1000)  # FCN-32s, 16s, 8s
+    # FCN-32s, 16s, 8s. FCN-32s learns slowly here and the skip stages fast, so the staged nets'
+    # 3000 iterations go mostly to the later stages (FCN-8s from (1000, 500, 1500): 64.5, from
+    # (500, 1000, 1500): 64.6 at lr 3e-7, and 67.0 at 6e-7).
+    iters: tuple = (500, 1000, 1500)
     # The release's 1e-10 (momentum 0.99) is for 500×500 images and the full-width VGG16: with an
     # unnormalised loss the gradient grows with the pixel count (15× fewer here) and the 16×
-    # narrower layers change the weights' scale. FCN-32s from the classifier, mean IU after 750
-    # iterations (README, the main job): momentum 0.99 with lr 1e-8 / 3e-8 / 1e-7 / 3e-7 gave
-    # 13.9 / 17.1 / 11.0 / 11.0; momentum 0.9 with lr 3e-7 gave 18.9 (26.4 with the clip below),
-    # 1e-6 and 3e-6 collapsed to background. So momentum 0.9, lr 3e-7, and Caffe's clip_gradients
-    # at about the median gradient norm, which stops the rare huge steps of one-image batches.
-    base_lr: float = 3e-7
+    # narrower layers change the weights' scale. Measured (mean IU, 100 held-out images, README):
+    # FCN-32s after 750 iterations, momentum 0.99 with lr 1e-8 / 3e-8 / 1e-7 / 3e-7 gave
+    # 13.9 / 17.1 / 11.0 / 11.0, momentum 0.9 with lr 3e-7 gave 18.9 (26.4 with the clip below);
+    # FCN-32s after 500: 22.0 at 3e-7, 27.0 at 6e-7; FCN-16s after 1000 more: 42.0 at 3e-7, 50.0
+    # and 53.4 at 6e-7, 34.0 at 1e-6, 30.8 at 1.5e-6. So momentum 0.9, one lr of 6e-7 for every
+    # stage, and Caffe's clip_gradients at about the median gradient norm, which stops the rare
+    # huge steps of one-image batches.
+    base_lr: float = 6e-7
     momentum: float = 0.9
     clip_gradients: float = 3e4
     val_images: int = 100
@@ -89,6 +98,32 @@ def he_init(net, input_range=INPUT_SPREAD):
         net.conv1_1.weight.div_(input_range)
 
 
+def balance_skips(net, data, images=8):
+    """Set FCN-8s at once's fixed skip scales to the rule the release's constants follow: pool4
+    and pool3 multiplied so that their magnitude (RMS over `images` training images, TEST-phase
+    forward) matches fc7's, the layer whose score they are added to. The release's 0.01 and 1e-4
+    are that ratio for the full-width VGG16 on VOC; in this net the pools are only 2-5x larger than
+    fc7, and the release's constants would mute the skips (measured in the README). Returns the
+    scales {layer: value}."""
+    was_training = net.training
+    net.eval()
+    sums = {}
+    with torch.no_grad():
+        for i in range(images):
+            x, y = data[i]
+            blobs = net(return_blobs=True, data=x[None], label=y[None, None].float())
+            for blob in ("fc7", "pool4", "pool3"):
+                sums[blob] = sums.get(blob, 0.0) + float(blobs[blob].double().pow(2).mean())
+    net.train(was_training)
+    scales = {}
+    with torch.no_grad():
+        for pool in ("pool4", "pool3"):
+            layer = getattr(net, "scale_" + pool)
+            scales["scale_" + pool] = math.sqrt(sums["fc7"] / sums[pool])
+            layer.weight.fill_(scales["scale_" + pool])
+    return scales
+
+
 def _solver(name, cfg, **overrides):
     params, _ = solver_params(nets.solver_spec(name))
     params.update(base_lr=cfg.base_lr, momentum=cfg.momentum, clip_gradients=cfg.clip_gradients, display=50,
@@ -102,15 +137,16 @@ def _val_net(name, cfg):
     return nets.build_net(name, phase="deploy", num_classes=cfg.num_classes, width_divisor=cfg.width_divisor)
 
 
-def _train(solver, name, key, data, val, cfg, out, start, progress):
-    """One Trainer run of `key` from sample position `start`; returns its log records."""
+def _train(solver, name, key, data, val, cfg, out, start, bar_position):
+    """One Trainer run of `key` from sample position `start`; returns its log records.
+    `bar_position`: the progress bar's line, None for no bar."""
     run_dir = out / "stages" / key
     (run_dir / "log.jsonl").unlink(missing_ok=True)
     # workers=0: an image is generated in about 4 ms; a loader process would take a core from the
-    # two compute threads (19.6 against 25.0 iterations/s measured on 2 cores)
+    # runs beside this one (one run on 2 threads: 19.6 against 25.0 iterations/s measured)
     trainer = Trainer(solver, data, run_dir, seed=cfg.seed, val=val, val_net=_val_net(NETS[key], cfg),
-                      val_every=cfg.val_every, workers=0, progress=progress, net_name=name, sample_offset=start,
-                      desc=TITLES[key])
+                      val_every=cfg.val_every, workers=0, progress=bar_position is not None, net_name=name,
+                      sample_offset=start, desc=TITLES[key], bar_position=bar_position)
     trainer.run()
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
@@ -160,51 +196,102 @@ def _threads(cfg):
     return torch.get_num_threads()
 
 
-def run(cfg=None, out="out/reproduce", log=print, progress=True):
-    """All stages, the table, the figures and results.json in `out`; returns (summary, table)."""
-    cfg = cfg or Config()
-    threads = _threads(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    train_data = Synthetic(seed=cfg.seed, n=10 ** 9, size=cfg.size, num_classes=cfg.num_classes)
-    val_data = Synthetic(seed=cfg.seed + 1, n=cfg.val_images, size=cfg.size, num_classes=cfg.num_classes)
-    classifier = Path(cfg.classifier) if cfg.classifier else classifier_weights()
-    if log:
-        log(f"classifier stage: {classifier} ({threads} threads)")
+def _datasets(cfg):
+    """The world's training stream and its held-out images."""
+    return (Synthetic(seed=cfg.seed, n=10 ** 9, size=cfg.size, num_classes=cfg.num_classes),
+            Synthetic(seed=cfg.seed + 1, n=cfg.val_images, size=cfg.size, num_classes=cfg.num_classes))
+
+
+def _plan(cfg):
+    """(run, initialised from, iterations of this run, first sample position = iterations before it)."""
     n32, n16, n8 = cfg.iters
-    total = n32 + n16 + n8
-    # (run, initialised from, iterations of this run, first sample position = iterations before it)
-    plan = [("fcn32s", "classifier", n32, 0), ("fcn16s", "fcn32s", n16, n32), ("fcn8s", "fcn16s", n8, n32 + n16),
-            ("atonce", "classifier", total, 0)]
+    plan = [("fcn32s", "classifier", n32, 0), ("atonce", "classifier", n32 + n16 + n8, 0),
+            ("fcn16s", "fcn32s", n16, n32), ("fcn8s", "fcn16s", n8, n32 + n16)]
     plan += [("control", "fcn32s", n16 + n8, n32)] if "control" in cfg.controls else []
     plan += [("scratch", None, n32, 0)] if "scratch" in cfg.controls else []
-    results, curves, deploys, trained = {}, {}, {}, {"classifier": str(classifier)}
+    return plan
+
+
+def _stage(cfg, out, key, source, iters, start, bar_position):
+    """One run of the plan, in a process of its own on one thread (so its numbers do not depend on
+    how many run beside it): initialise, score, train, score; the weights go to a .caffemodel the
+    runs that continue it start from."""
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    train_data, val_data = _datasets(cfg)
+    name = NETS[key]
+    solver = _solver(name, cfg)
+    if source is None:
+        he_init(solver.net)
+        surgery.interp(solver.net, surgery.upsampling_layers(solver.net))
+    else:
+        surgery.staged_init(solver.net, source, log=None)
+    skip_scales = balance_skips(solver.net, train_data) if key == "atonce" else None
+    initial, _ = score(solver.net, name, val_data, cfg)
+    t = time.perf_counter()
+    solver.params["max_iter"] = iters
+    curve = _train(solver, name, key, train_data, val_data, cfg, out, start, bar_position)
+    m, _ = score(solver.net, name, val_data, cfg)
+    weights = out / "stages" / key / f"{key}.caffemodel"
+    solver.net.save_caffemodel(weights)
+    result = {"metrics": m["metrics"], "per_class_iu": m["per_class_iu"], "iterations": start + iters,
+              "train_s": time.perf_counter() - t, "initial": initial["metrics"]}
+    if skip_scales:
+        result["skip_scales"] = skip_scales
+    return result, curve, str(weights)
+
+
+def run(cfg=None, out="out/reproduce", log=print, progress=True):
+    """All stages, the table, the figures and results.json in `out`; returns (summary, table).
+
+    The runs go to `cfg.threads` processes (default: one per core), each on one thread, a run
+    starting as soon as the run it continues has finished: on 2 cores two single-threaded runs
+    side by side did 27 iterations/s together where one run on both threads did 17-25. Each run's
+    numbers depend only on the seed, so the table is the same for any --threads."""
+    cfg = cfg or Config()
+    workers = cfg.threads or os.cpu_count() or 1
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, val_data = _datasets(cfg)
+    classifier = Path(cfg.classifier) if cfg.classifier else classifier_weights()
+    if log:
+        log(f"classifier stage: {classifier}; {workers} runs at a time, one thread each")
+    weights = {"classifier": str(classifier)}
+    results, curves, order = {}, {}, [key for key, *_ in _plan(cfg)]
+    pending, running, free = _plan(cfg), {}, list(range(workers))
     t0 = time.perf_counter()
-    for key, source, iters, start in plan:
-        name = NETS[key]
-        solver = _solver(name, cfg)
-        if source is None:
-            he_init(solver.net)
-            surgery.interp(solver.net, surgery.upsampling_layers(solver.net))
-        else:
-            surgery.staged_init(solver.net, trained[source], log=None)
-        initial, _ = score(solver.net, name, val_data, cfg)
-        t = time.perf_counter()
-        solver.params["max_iter"] = iters
-        curves[key] = _train(solver, name, key, train_data, val_data, cfg, out, start, progress)
-        trained[key] = solver.net
-        m, deploys[key] = score(solver.net, name, val_data, cfg)
-        done = start + iters
-        results[key] = {"metrics": m["metrics"], "per_class_iu": m["per_class_iu"], "iterations": done,
-                        "train_s": time.perf_counter() - t, "initial": initial["metrics"]}
-        if log:
-            log(f"{TITLES[key]}: mean IU {100 * initial['metrics']['mean_iu']:.1f} -> "
-                f"{100 * m['metrics']['mean_iu']:.1f} after {done} iterations ({results[key]['train_s']:.0f} s)")
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose OpenMP pool is running
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        while pending or running:
+            for task in [t for t in pending if t[1] is None or t[1] in weights][:len(free)]:
+                key, source, iters, start = task
+                pending.remove(task)
+                slot = free.pop(0)
+                bar = slot if progress else None
+                future = pool.submit(_stage, cfg, out, key, source and weights[source], iters, start, bar)
+                running[future] = (key, slot)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                key, slot = running.pop(future)
+                free.append(slot)
+                results[key], curves[key], weights[key] = future.result()
+                if log:
+                    r = results[key]
+                    scales = r.get("skip_scales")
+                    log(f"{TITLES[key]}: mean IU {100 * r['initial']['mean_iu']:.1f} -> "
+                        f"{100 * r['metrics']['mean_iu']:.1f} after {r['iterations']} iterations "
+                        f"({r['train_s']:.0f} s)" + (" with skip scales " + ", ".join(
+                            f"{k} {v:.3g}" for k, v in scales.items()) if scales else ""))
     elapsed = time.perf_counter() - t0
+    results = {k: results[k] for k in TITLES if k in results}
+    deploys = {}
+    for key in ("fcn32s", "fcn16s", "fcn8s", "atonce"):
+        deploys[key] = _val_net(NETS[key], cfg)
+        deploys[key].load_caffemodel(weights[key], strict=False)
+        deploys[key].eval().fuse()
     classes = val_data.classes
-    _figures(out, results, curves, deploys, val_data)
-    summary = {"config": asdict(cfg), "threads": threads, "elapsed_s": elapsed, "classes": classes,
+    _figures(out, results, {k: curves[k] for k in results}, deploys, val_data)
+    summary = {"config": asdict(cfg), "threads": workers, "elapsed_s": elapsed, "classes": classes,
                "thin_classes": list(THIN), "results": results}
     write_json(out / "results.json", summary, allow_nan=True)
     return summary, table(results, classes)

@@ -114,7 +114,7 @@ class Trainer:
 
     def __init__(self, solver, dataset, out, seed=1337, val=None, val_net=None, val_every=0, val_limit=None,
                  snapshot_every=None, max_iter=None, device="cpu", workers=1, progress=True, net_name=None,
-                 sample_offset=0, desc="train"):
+                 sample_offset=0, desc="train", bar_position=None):
         self.solver, self.dataset, self.out, self.seed = solver, dataset, Path(out), int(seed)
         self.val, self.val_net, self.val_every, self.val_limit = val, val_net, int(val_every), val_limit
         p = solver.params
@@ -123,6 +123,7 @@ class Trainer:
         self.display = max(p["display"], 1)
         self.device, self.workers, self.progress, self.net_name = device, workers, progress, net_name
         self.sample_offset, self.desc = int(sample_offset), desc  # where in the sample sequence this run starts
+        self.bar_position = bar_position  # the progress bar's line when several runs share a terminal
         self.rank, self.world = distributed.rank_and_world()
         self.tops = tuple(dataset.tops)
         self.batch = batch_size(solver.net)
@@ -221,6 +222,7 @@ class Trainer:
                   "iter_size": n, "images_per_iter": n * self.batch * self.world, "params": solver.params})
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = tqdm(total=self.max_iter, initial=start, disable=not self.progress or self.rank != 0,
+                   position=self.bar_position, leave=self.bar_position is None,
                    unit="it", desc=self.desc, dynamic_ncols=True)
         loader = self._loader(start)
         t_last, it_last = time.perf_counter(), start

@@ -1,6 +1,7 @@
 """The main job: its whole pipeline on tiny settings through the code the default run takes, and
 the one scorer against the reference score.py's formulas."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,16 @@ def test_every_stage_improves_on_its_initialisation(tiny_run):
     res = summary["results"]
     assert list(res) == ["fcn32s", "fcn16s", "fcn8s", "atonce", "control", "scratch"]
     assert [res[k]["iterations"] for k in res] == [200, 400, 600, 600, 600, 200]
-    for key in ("fcn32s", "fcn16s", "fcn8s", "atonce", "scratch"):  # the control only continues FCN-32s
+    for key in ("fcn32s", "fcn16s", "fcn8s", "atonce"):  # the control only continues FCN-32s
         assert res[key]["metrics"]["mean_iu"] > res[key]["initial"]["mean_iu"], key
+    # From He init, 200 iterations leave the argmax at background; the training loss must fall well
+    # below its start, every pixel at ln(classes) while the score layer is zero
+    cfg = summary["config"]
+    start = cfg["size"] ** 2 * math.log(cfg["num_classes"])
+    log = (tiny_run[0] / "stages" / "scratch" / "log.jsonl").read_text().splitlines()
+    losses = [r["smoothed_loss"] for r in map(json.loads, log) if "smoothed_loss" in r]
+    assert losses and losses[-1] < 0.8 * start
+    assert res["scratch"]["metrics"]["mean_iu"] >= res["scratch"]["initial"]["mean_iu"]
 
 
 def test_the_run_writes_its_table_figures_and_json(tiny_run):
@@ -81,4 +90,44 @@ def test_quick_command_runs_the_pipeline(tmp_path):
     r = subprocess.run([sys.executable, "tools/reproduce.py", "--quick", "--threads", "1", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "mean IU" in r.stdout and "skips refine" in r.stdout and "on 1 threads" in r.stdout
+    assert "mean IU" in r.stdout and "skips refine" in r.stdout and "1 runs side by side" in r.stdout
+
+
+def test_the_runs_do_not_depend_on_how_many_run_side_by_side(tmp_path):
+    """Each run trains on one thread in a process of its own, so one worker or two give the same
+    weights, bit for bit, and the same table."""
+    tables, blobs = [], []
+    for workers in (1, 2):
+        cfg = reproduce.Config(size=64, iters=(8, 6, 6), val_images=3, val_every=0, threads=workers)
+        out = tmp_path / str(workers)
+        tables.append(reproduce.run(cfg, out=out, log=None, progress=False)[1])
+        blobs.append({p.name: p.read_bytes() for p in sorted(out.glob("stages/*/*.caffemodel"))})
+    assert len(blobs[0]) == 6 and blobs[0] == blobs[1] and tables[0] == tables[1]
+
+
+def test_balance_skips_matches_the_pools_to_fc7():
+    """FCN-8s at once's fixed skip scales follow the release's rule in this net: after balancing,
+    scale_pool4's and scale_pool3's outputs have fc7's RMS on the images measured (the release's
+    0.01 and 1e-4 leave them far smaller here)."""
+    data = Synthetic(seed=3, n=4, size=64, num_classes=6)
+    net = nets.build_net("voc-fcn8s-atonce", "train", num_classes=6, width_divisor=16)
+    surgery.staged_init(net, reproduce.classifier_weights(), log=None)
+
+    def rms(blobs_list, name):
+        return (sum(float(b[name].double().pow(2).mean()) for b in blobs_list) / len(blobs_list)) ** 0.5
+
+    def forward_all():
+        net.eval()
+        with torch.no_grad():
+            return [net(return_blobs=True, data=data[i][0][None], label=data[i][1][None, None].float())
+                    for i in range(len(data))]
+
+    before = forward_all()
+    assert rms(before, "scale_pool4") < 0.2 * rms(before, "fc7")
+    net.train()
+    scales = reproduce.balance_skips(net, data, images=len(data))
+    assert set(scales) == {"scale_pool4", "scale_pool3"} and net.training
+    after = forward_all()
+    for layer in scales:
+        assert rms(after, layer) == pytest.approx(rms(after, "fc7"), rel=1e-4)
+        assert torch.all(getattr(net, layer).weight == getattr(net, layer).weight[0])
