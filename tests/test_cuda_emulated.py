@@ -106,6 +106,14 @@ def test_launch_geometry(emulated, threads, max_blocks):
     check_case(emulated, x, w, kw, threads=threads, max_blocks=max_blocks)
 
 
+@pytest.mark.parametrize("threads", [2, 32])
+def test_weight_gradient_rows_wrap_the_block(emulated, threads):
+    """More (n, row) terms per weight element than threads: each thread sums several rows."""
+    x, w, kw = make_case(n=3, c=2, hi=30, wi=4, k=(3, 3), s=(1, 2), crop=(1, 1, None, None), dtype=torch.float64)
+    assert 3 * 30 > 2 * threads
+    check_case(emulated, x, w, kw, threads=threads, max_blocks=3)
+
+
 def test_forward_and_grad_input_blocks_need_not_be_powers_of_two(emulated):
     x, w, kw = make_case(n=2, c=3, hi=4, wi=5, k=(3, 5), s=(2, 3), crop=(1, 1, None, None), dtype=torch.float64)
     for threads in (1, 7, 48):
