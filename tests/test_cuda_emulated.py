@@ -4,8 +4,7 @@ the pure-PyTorch reference.
 
 The emulated op is built here with torch.utils.cpp_extension.load into a temporary directory, once
 per session.  Blocks are small (mostly 32-64 threads, a few odd or tiny ones) and grids are capped
-below the work, so the
-grid-stride loops wrap; the int64 index path is forced by a flag.  Tolerances are test_ops.py's.
+below the work, so the grid-stride loops wrap; the int64 index path is forced by a flag.  Tolerances are test_ops.py's.
 """
 import random
 from pathlib import Path
