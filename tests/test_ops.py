@@ -393,9 +393,11 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.fcn_caffe_repro.deconv_crop_sum.default, args)
 
 
-def test_torch_compile_fullgraph():
-    x, w, kw = make_case(n=1, c=2, hi=3, wi=3, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_torch_compile_fullgraph(device):
+    x, w, kw = make_case(n=1, c=2, hi=3, wi=3, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32, device=device)
     sk = kw.pop("skip")
+    x, w = x.to(device), w.to(device)
 
     def f(x, w, sk):
         return ops.deconv_crop_sum(x, w, skip=sk, **kw).relu()
@@ -404,10 +406,12 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x, w, sk), f(x, w, sk))
 
 
-def test_torch_compile_fullgraph_backward():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_torch_compile_fullgraph_backward(device):
     """The C++ autograd node traces under AOTAutograd: compiled gradients equal eager ones."""
-    x, w, kw = make_case(n=2, c=2, hi=3, wi=4, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32)
+    x, w, kw = make_case(n=2, c=2, hi=3, wi=4, k=(4, 4), s=(2, 2), groups=2, dtype=torch.float32, device=device)
     sk = kw.pop("skip")
+    x, w = x.to(device), w.to(device)
 
     def f(x, sk):
         return (ops.deconv_crop_sum(x, w, skip=sk, **kw) ** 2).sum()
