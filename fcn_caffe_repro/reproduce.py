@@ -257,7 +257,7 @@ def run(cfg=None, out="out/reproduce", log=print, progress=True):
     if log:
         log(f"classifier stage: {classifier}; {workers} runs at a time, one thread each")
     weights = {"classifier": str(classifier)}
-    results, curves, order = {}, {}, [key for key, *_ in _plan(cfg)]
+    results, curves = {}, {}
     pending, running, free = _plan(cfg), {}, list(range(workers))
     t0 = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no fork of a process whose OpenMP pool is running
