@@ -16,6 +16,17 @@ from test_training import trainer
 KILLED = 137
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The killed runs are forked children: a child that enters an OpenMP parallel region of a
+    pool its parent started hangs (GNU libgomp is not fork-safe), so every run of this module,
+    parent and child alike, computes on one thread (which also keeps them bit-comparable)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class _Counting:
     """A writable file with three steps: its first write (an empty file before it), and its
     close (a partial file before it, all written after); writes in between are like the first."""
