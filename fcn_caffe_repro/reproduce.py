@@ -152,11 +152,11 @@ def _train(solver, name, key, data, val, cfg, out, start, bar_position):
 
 
 def score(net, name, data, cfg):
-    """The one scorer's results on held-out images, with a deploy net sharing the weights."""
+    """The one scorer's results on held-out images, through a deploy net given the weights."""
     deploy = _val_net(name, cfg)
     copy_weights(net, deploy)
     deploy.eval().fuse()
-    return evaluate.evaluate(deploy, data, net_name=name, workers=0, progress=False)["tasks"]["label"], deploy
+    return evaluate.evaluate(deploy, data, net_name=name, workers=0, progress=False)["tasks"]["label"]
 
 
 def pretrain(cfg=None, out="out/pretrain", path=None, log=print, progress=True, max_iter=None):
@@ -227,11 +227,11 @@ def _stage(cfg, out, key, source, iters, start, bar_position):
     else:
         surgery.staged_init(solver.net, source, log=None)
     skip_scales = balance_skips(solver.net, train_data) if key == "atonce" else None
-    initial, _ = score(solver.net, name, val_data, cfg)
+    initial = score(solver.net, name, val_data, cfg)
     t = time.perf_counter()
     solver.params["max_iter"] = iters
     curve = _train(solver, name, key, train_data, val_data, cfg, out, start, bar_position)
-    m, _ = score(solver.net, name, val_data, cfg)
+    m = score(solver.net, name, val_data, cfg)
     weights = out / "stages" / key / f"{key}.caffemodel"
     solver.net.save_caffemodel(weights)
     result = {"metrics": m["metrics"], "per_class_iu": m["per_class_iu"], "iterations": start + iters,
