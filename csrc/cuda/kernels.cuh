@@ -67,6 +67,21 @@ inline bool forward_fits_int32(const Geometry& g, const std::optional<at::Tensor
   return fits_int32(g) && (!skip.has_value() || max_offset(*skip) < (int64_t(1) << 30));
 }
 
+// The (n, c, y, x) of a flat index into a contiguous N×C×H×W tensor.
+template <typename I>
+struct NCHW {
+  I n, c, y, x;
+};
+
+template <typename I>
+FCN_HOST_DEVICE NCHW<I> unravel_nchw(I idx, I C, I H, I W) {
+  const I x = idx % W;
+  I t = idx / W;
+  const I y = t % H;
+  t /= H;
+  return {t / C, t % C, y, x};
+}
+
 template <typename T, typename I>
 FCN_GLOBAL void forward_kernel(Geometry g, const T* __restrict__ x, const T* __restrict__ w,
                                const T* __restrict__ skip, SkipView<I> sv, T* __restrict__ out,
@@ -76,14 +91,10 @@ FCN_GLOBAL void forward_kernel(Geometry g, const T* __restrict__ x, const T* __r
   const I x_sample = I(g.C_in) * I(g.Hi) * I(g.Wi);
   for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += I(gridDim.x) * blockDim.x) {
-    const I xo = idx % W;
-    I t = idx / W;
-    const I y = t % H;
-    t /= H;
-    const I co = t % C_out, n = t / C_out;
-    acc_t acc = forward_point<acc_t, T, I>(x + n * x_sample, w, g, co, y, xo);
+    const NCHW<I> o = unravel_nchw<I>(idx, C_out, H, W);
+    acc_t acc = forward_point<acc_t, T, I>(x + o.n * x_sample, w, g, o.c, o.y, o.x);
     if (skip != nullptr)
-      acc += static_cast<acc_t>(skip[n * sv.s0 + co * sv.s1 + (y + sv.oh) * sv.s2 + (xo + sv.ow) * sv.s3]);
+      acc += static_cast<acc_t>(skip[o.n * sv.s0 + o.c * sv.s1 + (o.y + sv.oh) * sv.s2 + (o.x + sv.ow) * sv.s3]);
     out[idx] = static_cast<T>(acc);
   }
 }
@@ -96,12 +107,8 @@ FCN_GLOBAL void grad_input_kernel(Geometry g, const T* __restrict__ grad, const 
   const I grad_sample = I(g.C_out) * I(g.H) * I(g.W);
   for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += I(gridDim.x) * blockDim.x) {
-    const I ix = idx % Wi;
-    I t = idx / Wi;
-    const I iy = t % Hi;
-    t /= Hi;
-    const I ci = t % C_in, n = t / C_in;
-    gx[idx] = static_cast<T>(grad_input_point<acc_t, T, I>(grad + n * grad_sample, w, g, ci, iy, ix));
+    const NCHW<I> i = unravel_nchw<I>(idx, C_in, Hi, Wi);
+    gx[idx] = static_cast<T>(grad_input_point<acc_t, T, I>(grad + i.n * grad_sample, w, g, i.c, i.y, i.x));
   }
 }
 
