@@ -370,3 +370,14 @@ def test_bfloat16_mode_is_inference_only_and_other_dtypes_are_refused():
         net(**inputs)
     with torch.no_grad():
         assert torch.isfinite(net(**inputs)["loss"])
+
+
+def test_buffers_made_under_inference_mode_are_not_written_outside_it(monkeypatch):
+    monkeypatch.setattr(fast.BufferPool, "MIN_BYTES", 0)
+    net, ref, inputs = load("voc-fcn8s")
+    net.optimize()
+    with torch.inference_mode():
+        net(**inputs)
+    with torch.no_grad():
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
+    assert len(fast.buffer_stats(net)["buffers"]) == 2
