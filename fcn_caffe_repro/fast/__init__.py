@@ -23,8 +23,8 @@ blobs to the tolerances of the parity tests (only summation order differs).
 bfloat16 (dtype=torch.bfloat16, precision.py): the parameters stay float32; each convolution and
 fused step converts its weights once (again when they change) and runs on bfloat16 activations,
 oneDNN and the fused op summing in float32 and rounding each output once; the steps that write
-the scores compute in float32, so scores come back float32; layers with other arithmetic run in
-float32 on widened inputs. On a CPU where oneDNN has no bfloat16 (no AVX512-BF16, AMX or
+the scores compute in float32, so scores come back float32 (other blobs, with return_blobs=True,
+are bfloat16); layers with other arithmetic run in float32 on widened inputs. On a CPU where oneDNN has no bfloat16 (no AVX512-BF16, AMX or
 AVX-NE-CONVERT; torch honours ONEDNN_MAX_CPU_ISA) conv="auto" takes F.conv2d in bfloat16, which
 works and is slower than float32. Cost, measured (tests/test_fast.py, `fcn bench net`): scores
 within 2^-5 of the largest score of float32's on the caffe-ref nets; see the README for argmax

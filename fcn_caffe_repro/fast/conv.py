@@ -95,14 +95,14 @@ class FastConv(nn.Module):
             key += (None,) if p is None else (p.data_ptr(), version_counter(p), p.dtype, p.device, tuple(p.shape))
         return key
 
-    def _own_copies(self):
+    def has_copies(self):
         """Whether the step computes with copies of the parameters (packed or converted), not them."""
         return self.impl == "mkldnn" or (self.dtype is not None and self.dtype != self.layer.weight.dtype)
 
     def params(self):
         """(weight, bias) in the step's form: oneDNN's blocked weight and the bias for "mkldnn", the
         parameters in the step's dtype otherwise; copies are re-made whenever a parameter changed."""
-        if not self._own_copies():
+        if not self.has_copies():
             b = self.layer.bias
             return self.layer.weight.detach(), (None if b is None else b.detach())
         if self._key != self._weight_key():

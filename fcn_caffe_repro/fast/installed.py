@@ -63,7 +63,7 @@ def release_buffers(net):
 def repack(net):
     """Re-pack every prepacked or converted weight now (needed only after writes through `param.data`)."""
     for s in net.plan:
-        if isinstance(s.module, FastConv) and s.module._own_copies():
+        if isinstance(s.module, FastConv) and s.module.has_copies():
             s.module.pack()
         elif isinstance(s.module, FusedDeconvCropSum):
             s.module.forget_weights()

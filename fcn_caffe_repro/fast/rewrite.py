@@ -120,7 +120,7 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
         torch_private.require(torch_private.ONEDNN, f"optimize(conv={conv!r})", "pass conv='torch' or 'gemm'")
         if pool is not None:
             torch_private.require(torch_private.BUFFERS, f"optimize(buffers={buffers})", "pass buffers=0")
-    for module in [s.module for s in steps if isinstance(s.module, FastConv) and s.module._own_copies()]:
+    for module in [s.module for s in steps if isinstance(s.module, FastConv) and s.module.has_copies()]:
         # up front: the memory is claimed and bad dtypes/devices raise here
         module.pack()
     net.set_plan(steps)
