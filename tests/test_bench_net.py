@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import CAFFE_REF, rel_err
 import fcn_caffe_repro as fcr
 from fcn_caffe_repro import layers as L
 from fcn_caffe_repro import surgery
@@ -76,3 +76,16 @@ def test_bf16_mean_iu_is_within_half_a_point_of_float32(tmp_path):
     assert 0 < f32 < 1 and abs(main - f32) <= 1e-4  # float32 fast mode: the same predictions
     assert abs(bf - f32) <= 0.005 and r["agreement"] >= 0.99
     assert "mean IU" in precision.report(r)
+
+
+def test_caffe_ref_measurement_covers_every_score_map(tmp_path):
+    for name in ("voc-fcn8s", "siftflow-fcn8s"):
+        (tmp_path / name).symlink_to(CAFFE_REF / "nets" / name)
+    rows = precision.caffe_ref(tmp_path)
+    assert [(n, k) for n, k, *_ in rows] == [("siftflow-fcn8s", "score_geo"), ("siftflow-fcn8s", "score_sem"),
+                                             ("voc-fcn8s", "score")]
+    for n, k, pixels, agree, err, close in rows:
+        assert pixels == (1024 if n.startswith("siftflow") else 3200)
+        assert 2 ** -12 < err <= BF16_TOL, "bfloat16 ran, within the bound"
+        assert 1 - agree <= close, "flips only where the margin is within the error"
+    assert "| voc-fcn8s | score | 3200 |" in precision.caffe_ref_report(rows)

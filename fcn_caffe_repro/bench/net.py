@@ -33,6 +33,7 @@ the issue's checks, and writes JSON.
     fcn bench net --quick          # FCN-8s, batch 1, forward and forward+backward, and the stream
     fcn bench net --nets voc-fcn8s --batch 1 --passes fwd --threads 2   # the README's table
     fcn bench net --bf16-miou out/reproduce/stages/fcn8s/fcn8s.caffemodel   # bench/precision.py
+    fcn bench net --bf16-caffe-ref tests/fixtures/caffe-ref/nets            # the same, caffe-ref nets
 
 --device cuda runs the same on a GPU (TF32 off; plain and fast only); that path has not been run
 on a GPU yet.
@@ -337,20 +338,28 @@ def main(argv=None):
                    help="only this: FCN-8s mean IU in bfloat16 vs float32 on the main job's held-out images "
                         "with these weights (bench/precision.py)")
     p.add_argument("--limit", type=int, default=None, help="with --bf16-miou: score only the first N images")
+    p.add_argument("--bf16-caffe-ref", metavar="DIR",
+                   help="only this: bfloat16 vs float32 argmax agreement and score error on the caffe-ref nets "
+                        "in DIR (tests/fixtures/caffe-ref/nets)")
     p.add_argument("--json", default=None, help="default bench/bench_net_DEVICE.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.bf16_miou:
+    if args.bf16_miou or args.bf16_caffe_ref:
         from . import precision
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = precision.bf16_miou(args.bf16_miou, limit=args.limit)
-        print(precision.report(result))
+        if args.bf16_caffe_ref:
+            rows = precision.caffe_ref(args.bf16_caffe_ref)
+            print(precision.caffe_ref_report(rows))
+        if args.bf16_miou:
+            result = precision.bf16_miou(args.bf16_miou, limit=args.limit)
+            print(precision.report(result))
         if args.json:
-            write_json(args.json, dict(weights=args.bf16_miou, result=result))
+            write_json(args.json, dict(weights=args.bf16_miou, miou=result if args.bf16_miou else None,
+                                       caffe_ref=rows if args.bf16_caffe_ref else None))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")

@@ -1,14 +1,20 @@
-"""The bfloat16 fast mode's accuracy cost on the main job's task: FCN-8s scored by the one scorer on
-the main job's held-out images, in float32 (as the main job scores) and in bfloat16.
+"""The bfloat16 fast mode's accuracy cost, measured: FCN-8s scored by the one scorer on the main
+job's held-out images in float32 (as the main job scores) and in bfloat16, and the score error
+and argmax agreement against float32 on the caffe-ref nets (Caffe's own nets and weights).
 
     fcn bench net --bf16-miou out/reproduce/stages/fcn8s/fcn8s.caffemodel
+    fcn bench net --bf16-caffe-ref tests/fixtures/caffe-ref/nets
 
 The held-out set, the deploy net and the scorer are reproduce.py's (Synthetic(seed + 1,
 val_images), width_divisor 16, evaluate.evaluate); `limit` scores fewer images.
 """
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from .. import evaluate, nets
+from ..net import CaffeNet
 from ..data import Synthetic
 from ..reproduce import NETS, Config
 
@@ -54,4 +60,39 @@ def report(result):
     lines += [f"- {mode}: mean IU {100 * result[mode]:.2f}" for mode in MODES]
     lines.append(f"- bfloat16 - float32 (fast): {100 * (bf - f32):+.2f} points; predicted class the same at "
                  f"{100 * result['agreement']:.3f} % of pixels")
+    return "\n".join(lines)
+
+
+def caffe_ref(folder):
+    """[(net, score blob, pixels, argmax agreement, max |bf16 - f32| / max |f32|, close)] of the fast
+    mode in bfloat16 against float32 for every caffe-ref net under `folder` (net.prototxt,
+    weights.caffemodel, blobs.npz with the inputs), on every input-sized score blob; `close`: the
+    fraction of pixels whose float32 top-2 margin is within twice the largest error (the only ones
+    whose argmax an error that size can flip)."""
+    rows = []
+    for d in sorted(p for p in Path(folder).iterdir() if (p / "net.prototxt").exists()):
+        blobs = np.load(d / "blobs.npz")
+        out = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            net = CaffeNet.from_prototxt(d / "net.prototxt", weights=d / "weights.caffemodel")
+            inputs = {k: torch.from_numpy(blobs[k]) for k in net.inputs}
+            with torch.no_grad():
+                out[dtype] = net.optimize(dtype=dtype)(return_blobs=True, **inputs)
+        data = next(iter(net.inputs))
+        for k in sorted(out[torch.float32]):
+            want, got = out[torch.float32][k], out[torch.bfloat16][k].float()
+            if not k.startswith("score") or want.dim() != 4 or want.shape[2:] != inputs[data].shape[2:]:
+                continue
+            agree = (want.argmax(1) == got.argmax(1)).double().mean().item()
+            err = (got - want).abs().max()
+            top2 = want.topk(2, 1).values
+            close = ((top2[:, 0] - top2[:, 1]) <= 2 * err).double().mean().item()
+            rows.append((d.name, k, want[:, 0].numel(), agree, (err / want.abs().max()).item(), close))
+    return rows
+
+
+def caffe_ref_report(rows):
+    lines = ["| net | scores | pixels | argmax agreement | max error / max score | pixels with a top-2 margin "
+             "within 2x that error |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {k} | {p} | {100 * a:.2f} % | {e:.1e} | {100 * c:.1f} % |" for n, k, p, a, e, c in rows]
     return "\n".join(lines)
