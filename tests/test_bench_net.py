@@ -16,7 +16,7 @@ from fcn_caffe_repro.bench import opencv, precision
 from fcn_caffe_repro.reproduce import Config
 
 OPENCV_TOL = 1e-5  # float32, another summation order (measured 2.5e-6 at this size)
-BF16_TOL = 2 ** -5  # as tests/test_fast.py: 8 bfloat16 units in the last place of the largest score
+BF16_TOL = 2 ** -5  # as tests/test_fast.py: of the largest score, 4 x bfloat16's epsilon
 
 
 def small(name="voc-fcn8s", size=64):
