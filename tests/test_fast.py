@@ -381,3 +381,15 @@ def test_buffers_made_under_inference_mode_are_not_written_outside_it(monkeypatc
     with torch.no_grad():
         assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
     assert len(fast.buffer_stats(net)["buffers"]) == 2
+
+
+@pytest.mark.parametrize("name, kw", [("voc-fcn8s-atonce", dict(conv="gemm")), ("voc-fcn8s-atonce", dict(conv="torch")),
+                                      ("voc-fcn8s-atonce", dict(skip=None)), ("voc-fcn-alexnet", dict(skip="torch")),
+                                      ("voc-fcn8s", dict(memory_format="contiguous", buffers=0))])
+def test_bfloat16_on_every_path(name, kw):
+    """Every convolution impl, the unfused and reference upsampling (plain layers: float32 on widened
+    inputs), the Scale layers of FCN-8s at once and AlexNet's LRN, in the bfloat16 plan."""
+    want, got, net = bf16_against_float32(name, **kw)
+    assert_bf16_scores_close(want, got, name)
+    ran = {p for c in fast.calls(net).values() for p in c}
+    assert ran - {"nhwc-sum"} == {kw.get("conv", "mkldnn")}
