@@ -14,6 +14,7 @@ from torch import nn
 
 from . import layers as L
 from . import ops
+from .errors import NetError
 from .plan import Step, layer_steps
 from .torch_private import version_counter
 
@@ -21,12 +22,19 @@ from .torch_private import version_counter
 class FusedDeconvCropSum(nn.Module):
     """Runs one fused upsampling step; `deconv` stays the registered (parameter-owning) layer."""
 
-    def __init__(self, deconv, crop_offsets, with_skip, impl):
+    def __init__(self, deconv, crop_offsets, with_skip, impl, dtype=None):
         super().__init__()
         self.deconv = [deconv]  # a list, so the layer is not registered twice
         self.offsets = tuple(crop_offsets)
         self.with_skip, self.impl = with_skip, impl
-        self._cache_key, self._cache = None, None
+        # None: run on the inputs and weight as they are; a dtype (the fast mode's bfloat16 plan):
+        # inputs converted to it, the weight converted once (again when it changes), inference only
+        self.dtype = dtype
+        self.forget_weights()
+
+    def forget_weights(self):
+        """Drop the cached diagonality check and converted weight (rebuilt at the next forward)."""
+        self._cache_key, self._cache, self._converted = None, None, {}
 
     def weight_and_groups(self):
         """The weight to run and its groups: the diagonal as C x 1 x k x k when exactly diagonal."""
@@ -34,12 +42,22 @@ class FusedDeconvCropSum(nn.Module):
         w = d.weight
         key = (version_counter(w), w.data_ptr(), w.dtype, w.device, w.requires_grad)
         if key != self._cache_key or key[0] is None:  # no version counter: no cache
-            self._cache_key, self._cache = key, d.is_diagonal()
+            self._cache_key, self._cache, self._converted = key, d.is_diagonal(), {}
         # depthwise only when no gradient for the full C x C weight is wanted (lr_mult 0, or no_grad)
-        if self._cache and not (w.requires_grad and torch.is_grad_enabled()):
+        depthwise = self._cache and not (w.requires_grad and torch.is_grad_enabled())
+        if self.dtype is not None and self.dtype != w.dtype:
+            if depthwise not in self._converted:
+                run, groups = self._select(w, depthwise, d.group)
+                self._converted[depthwise] = (run.detach().to(self.dtype), groups)
+            return self._converted[depthwise]
+        return self._select(w, depthwise, d.group)
+
+    @staticmethod
+    def _select(w, depthwise, group):
+        if depthwise:
             idx = torch.arange(w.shape[0], device=w.device)
             return w[idx, idx].unsqueeze(1), w.shape[0]
-        return w, d.group
+        return w, group
 
     @property
     def is_depthwise(self):
@@ -50,6 +68,14 @@ class FusedDeconvCropSum(nn.Module):
     def forward(self, x, other):
         d = self.deconv[0]
         d._check_input(x)
+        if self.dtype is not None:
+            if torch.is_grad_enabled() and (x.requires_grad or d.weight.requires_grad):
+                raise NetError(f"the {self.dtype} fast mode (optimize(dtype=...)) is inference-only and autograd "
+                               f"is recording; run under torch.no_grad() or optimize() in float32",
+                               layer=d.layer_name)
+            x = x.to(self.dtype)
+            if self.with_skip:
+                other = other.to(self.dtype)
         w, groups = self.weight_and_groups()
         if self.with_skip:
             out = ops.deconv_crop_sum(x, w, d.stride, (0, 0), None, other, self.offsets, groups, impl=self.impl)

@@ -1,7 +1,8 @@
 """Every private PyTorch API the package calls, checked once when this module loads.
 
 The fast mode (fast/) runs oneDNN's weight reorder and fused convolution ops, asks storages for
-their use count (BufferPool) and tensors for their version counter (re-packing a changed weight);
+their use count (BufferPool), tensors for their version counter (re-packing a changed weight) and
+oneDNN whether this CPU runs bfloat16 natively (the bfloat16 plan's choice of convolution);
 fusion.py reads version counters to cache a weight check. None of these is public API, so a torch
 release may drop or rename one. What this torch lacks is in MISSING; require() turns a need for
 it into one error naming the torch version and the APIs, while everything else keeps running.
@@ -15,9 +16,11 @@ CONV_POINTWISE = "torch.ops.mkldnn._convolution_pointwise"
 CONV_POINTWISE_INPLACE = "torch.ops.mkldnn._convolution_pointwise_"
 STORAGE_USE_COUNT = "torch._C._storage_Use_Count"
 VERSION_COUNTER = "torch.Tensor._version"
+BF16_SUPPORTED = "torch.ops.mkldnn._is_mkldnn_bf16_supported"
 
 ONEDNN = (REORDER_WEIGHT, CONV_POINTWISE, VERSION_COUNTER)  # the prepacked oneDNN convolution
 BUFFERS = (STORAGE_USE_COUNT, CONV_POINTWISE_INPLACE)  # its outputs written into pooled buffers
+BF16 = (BF16_SUPPORTED,)  # asking whether oneDNN runs bfloat16 natively on this CPU
 
 _PROBES = {
     REORDER_WEIGHT: lambda: torch._C._nn.mkldnn_reorder_conv2d_weight,
@@ -25,6 +28,7 @@ _PROBES = {
     CONV_POINTWISE_INPLACE: lambda: torch.ops.mkldnn._convolution_pointwise_,
     STORAGE_USE_COUNT: lambda: torch._C._storage_Use_Count,
     VERSION_COUNTER: lambda: torch.empty(0)._version,
+    BF16_SUPPORTED: lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported,
 }
 
 
@@ -54,13 +58,19 @@ def version_counter(t):
     return None if VERSION_COUNTER in MISSING else t._version
 
 
+def onednn_bf16_supported():
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (torch asks the CPU's features, within
+    ONEDNN_MAX_CPU_ISA); False on a torch without the query."""
+    return BF16_SUPPORTED not in MISSING and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def storage_use_count(t):
     """How many tensors (and other owners) share t's storage."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
 def reorder_conv2d_weight(w, pad, stride, dilation, groups, input_size):
-    """A float32 weight copied into oneDNN's blocked layout for the given convolution."""
+    """A float32 or bfloat16 weight copied into oneDNN's blocked layout for the given convolution."""
     return torch._C._nn.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), pad, stride, dilation, groups, input_size)
 
 

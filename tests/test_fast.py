@@ -1,9 +1,12 @@
 """The fast inference mode (fast/): Caffe parity, the fast path actually taken, weights changed
 after optimize(), training through it, and clear errors for paths that cannot be had."""
-import weakref
-
 import importlib
+import os
 import re
+import subprocess
+import sys
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +271,125 @@ def test_missing_private_api_is_one_clear_error(torch_without_reorder):
         assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
         net.optimize(conv="torch")  # asks for nothing private
         assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
+
+
+# --- the bfloat16 plan (fast/precision.py) ----------------------------------------------------------
+BF16_SCORE_TOL = 2 ** -5  # of the largest score: 4 x bfloat16's epsilon 2^-7 (measured: up to 1.6 x)
+BF16_AGREEMENT = 0.98  # the fixtures' random weights leave up to a quarter of the pixels within that band
+SCORES = {"siftflow-fcn8s": ("score_sem", "score_geo")}
+
+
+def bf16_against_float32(name, **kw):
+    """(float32 blobs, bfloat16 blobs, the bfloat16 net) of a caffe-ref net in the fast mode."""
+    net, _, inputs = load(name)
+    with torch.no_grad():
+        want = net.optimize()(return_blobs=True, **inputs)
+        got = net.optimize(dtype=torch.bfloat16, **kw)(return_blobs=True, **inputs)
+    return want, got, net
+
+
+def assert_bf16_scores_close(want, got, name):
+    for k in SCORES.get(name, ("score",)):
+        w, g = want[k], got[k]
+        assert g.dtype == torch.float32, "the scores come back float32"
+        assert rel_err(g.numpy(), w.numpy()) <= BF16_SCORE_TOL, k
+        # argmax flips only where float32's top-2 margin is within the error band; outside it, never
+        top2 = w.topk(2, 1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * BF16_SCORE_TOL * w.abs().max()
+        same = w.argmax(1) == g.argmax(1)
+        assert same[clear].all() and same.float().mean() >= BF16_AGREEMENT, (k, same.float().mean().item())
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_bfloat16_mode_scores_within_bfloat16_error_of_float32(name):
+    want, got, net = bf16_against_float32(name)
+    assert_bf16_scores_close(want, got, name)
+    dtypes = {n: d for n, _, d in fast.describe(net, dtypes=True)}
+    trunk = [s.top[0] for s in net.plan if isinstance(s.module, fast.FastConv) and dtypes[s.name] == "bfloat16"]
+    assert len(trunk) >= 7 and all(got[t].dtype == torch.bfloat16 for t in trunk)
+    # the steps writing the scores (read by the loss only) compute in float32: the scores are not rounded
+    writer = {t: s.name for s in net.plan for t in s.top}
+    assert all(dtypes[writer[k]] == "float32" for k in SCORES.get(name, ("score",)))
+
+
+def test_bfloat16_plan_keeps_the_float32_parameters_and_converts_each_weight_once():
+    net, _, inputs = load("voc-fcn8s")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.optimize(dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    steps = {s.name: s.module for s in net.plan}
+    assert steps["conv1_1+relu1_1"].repacks == 1
+    with torch.no_grad():
+        for _ in range(2):
+            net(**inputs)
+    assert steps["conv1_1+relu1_1"].repacks == 1, "converted at optimize(), not per forward"
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert dict(fast.describe(net))["upscore2+fuse_pool4"] == "deconv_crop_sum/ext/depthwise"
+
+
+def test_bfloat16_weights_changed_after_optimize_are_used():
+    net, _, inputs = load("voc-fcn16s")
+    net.optimize(dtype=torch.bfloat16)
+    other = {name: [b.detach().numpy() * -1.5 for b in blobs] for name, blobs in net.params_by_layer().items()}
+    net.load_caffemodel(other)
+    plain = fcr.CaffeNet.from_prototxt(CAFFE_REF / "nets" / "voc-fcn16s" / "net.prototxt")
+    plain.load_caffemodel(other)
+    with torch.no_grad():
+        got, want = net(return_blobs=True, **inputs), plain(return_blobs=True, **inputs)
+    assert rel_err(got["score"].numpy(), want["score"].numpy()) <= BF16_SCORE_TOL
+
+
+def test_bfloat16_without_native_support_takes_the_torch_convolution(monkeypatch):
+    monkeypatch.setattr(fast.precision, "native_bf16", lambda: False)
+    net, _, _ = load("voc-fcn8s")
+    with pytest.raises(NetError, match="no bfloat16 convolution on this CPU.*conv='auto'"):
+        net.optimize(conv="mkldnn", dtype=torch.bfloat16)
+    want, got, net = bf16_against_float32("voc-fcn8s")
+    assert {p for c in fast.calls(net).values() for p in c} == {"torch"}
+    assert_bf16_scores_close(want, got, "voc-fcn8s")
+
+
+def test_bfloat16_on_a_cpu_capped_below_native_bfloat16_still_runs():
+    """ONEDNN_MAX_CPU_ISA=AVX2: oneDNN as on a CPU without bfloat16 instructions (torch asks it too)."""
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_fast as t; "
+            "want, got, net = t.bf16_against_float32('voc-fcn8s'); t.assert_bf16_scores_close(want, got, 'voc-fcn8s'); "
+            "print(sorted({p for c in t.fast.calls(net).values() for p in c}))")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['torch']"
+
+
+def test_bfloat16_mode_is_inference_only_and_other_dtypes_are_refused():
+    net, _, inputs = load("voc-fcn32s")
+    with pytest.raises(NetError, match=re.escape("dtype must be one of (torch.float32, torch.bfloat16), got torch.float16")):
+        net.optimize(dtype=torch.float16)
+    net.optimize(dtype=torch.bfloat16)
+    with pytest.raises(NetError, match="bfloat16 fast mode .* inference-only"):
+        net(**inputs)
+    with torch.no_grad():
+        assert torch.isfinite(net(**inputs)["loss"])
+
+
+def test_buffers_made_under_inference_mode_are_not_written_outside_it(monkeypatch):
+    monkeypatch.setattr(fast.BufferPool, "MIN_BYTES", 0)
+    net, ref, inputs = load("voc-fcn8s")
+    net.optimize()
+    with torch.inference_mode():
+        net(**inputs)
+    with torch.no_grad():
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
+    assert len(fast.buffer_stats(net)["buffers"]) == 2
+
+
+@pytest.mark.parametrize("name, kw", [("voc-fcn8s-atonce", dict(conv="gemm")), ("voc-fcn8s-atonce", dict(conv="torch")),
+                                      ("voc-fcn8s-atonce", dict(skip=None)), ("voc-fcn-alexnet", dict(skip="torch")),
+                                      ("voc-fcn8s", dict(memory_format="contiguous", buffers=0))])
+def test_bfloat16_on_every_path(name, kw):
+    """Every convolution impl, the unfused and reference upsampling (plain layers: float32 on widened
+    inputs), the Scale layers of FCN-8s at once and AlexNet's LRN, in the bfloat16 plan."""
+    want, got, net = bf16_against_float32(name, **kw)
+    assert_bf16_scores_close(want, got, name)
+    ran = {p for c in fast.calls(net).values() for p in c}
+    assert ran - {"nhwc-sum"} == {kw.get("conv", "mkldnn")}

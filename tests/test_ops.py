@@ -454,7 +454,8 @@ def bad(**changes):
     (dict(skip=torch.randn(1, 3, 0, 12)), "skip must be non-empty"),
     (dict(weight=torch.randn(3, 3, 4, 4, dtype=torch.float64)), "weight has dtype"),
     (dict(skip=torch.randn(1, 3, 20, 20, dtype=torch.float64)), "skip has dtype"),
-    (dict(x=torch.randn(1, 3, 4, 4).half(), weight=torch.randn(3, 3, 4, 4).half(), skip=None), "float16 and bfloat16 are supported on CUDA"),
+    (dict(x=torch.ones(1, 3, 4, 4).to(torch.float8_e4m3fn), weight=torch.ones(3, 3, 4, 4).to(torch.float8_e4m3fn),
+          skip=None), "supports float32, float64, bfloat16 and float16, got Float8_e4m3fn"),
     (dict(x=torch.ones(1, 3, 4, 4, dtype=torch.int32), weight=torch.ones(3, 3, 4, 4, dtype=torch.int32), skip=None), "floating point"),
 ])
 def test_bad_input_raises_clear_error(changes, message):
@@ -522,6 +523,38 @@ def test_cuda_gradcheck_and_opcheck():
     for args in opcheck_cases():
         args = tuple(a.detach().cuda().requires_grad_(a.requires_grad) if torch.is_tensor(a) else a for a in args)
         torch.library.opcheck(torch.ops.fcn_caffe_repro.deconv_crop_sum.default, args)
+
+
+def assert_rounded_once(got, want, scale, dtype):
+    """got (dtype) is want (float32) rounded once to dtype: within half an ulp of want, plus float32's
+    summation slack (1e-5 of the terms' scale)."""
+    assert got.dtype == dtype
+    bound = torch.finfo(dtype).eps / 2 * want.abs() + 1e-5 * scale
+    excess = (got.float() - want).abs() - bound
+    assert (excess <= 0).all(), f"off by up to {excess.max().item():.3g} beyond one rounding to {dtype}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k, s, groups", [((4, 4), (2, 2), 1), ((4, 4), (2, 2), 3), ((16, 16), (8, 8), 3),
+                                          ((64, 64), (32, 32), 1), ((3, 5), (3, 2), 1)])
+def test_cpu_half_precision_sums_in_float32(dtype, k, s, groups):
+    """bfloat16 and float16 on the CPU: the float32 sum of the same inputs, rounded once to the dtype
+    (a kernel summing in the half type rounds at every partial sum and misses this bound); the
+    gradients likewise."""
+    x, w, kw = make_case(n=2, c=3, hi=5, wi=6, k=k, s=s, groups=groups, dtype=torch.float32, seed=1)
+    x, w, skip = x.to(dtype), w.to(dtype), kw["skip"].to(dtype)
+    x.requires_grad_()
+    w.requires_grad_()
+    got = ops.deconv_crop_sum(x, w, **{**kw, "skip": skip})
+    xf, wf = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    want = ops.deconv_crop_sum(xf, wf, **{**kw, "skip": skip.float()}, impl="torch")
+    assert_rounded_once(got, want.detach(), term_scales(xf, wf, {**kw, "skip": skip.float()}), dtype)
+    gy = torch.randn(got.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got_g = torch.autograd.grad(got, (x, w), gy)
+    want_g = torch.autograd.grad(want, (xf, wf), gy.float())
+    scales = term_scales(xf, wf, {**kw, "skip": skip.float()}, gy.float())
+    for g, wg, sc in zip(got_g, want_g, scales):
+        assert_rounded_once(g, wg, sc, dtype)
 
 
 @needs_cuda

@@ -1,6 +1,6 @@
 """fcn bench: the benchmarks (programs, not tests: a markdown table and JSON), fcn_caffe_repro/bench/.
 
-    fcn bench net --quick           # whole nets: the plain path beside the fast mode
+    fcn bench net --quick           # whole nets: plain, fast float32 / bfloat16, OpenCV's dnn
     fcn bench fused --rounds 15     # the fused skip op on FCN-8s's three upsampling calls
     fcn bench convert               # reading a full-size caffemodel
     fcn bench train --iters 6       # Caffe SGD iterations per second, fused and plain

@@ -1,6 +1,7 @@
 """Fast inference mode: a CaffeNet's plan rewritten to run a CPU forward near the matmul roofline.
 
     net.optimize()                    # in place, returns the net; fast.optimize(net) is the same
+    net.optimize(dtype=torch.bfloat16)  # bfloat16 activations, float32 scores, inference only
     with torch.no_grad():
         scores = net(data=image)
     fast.describe(net)                # every step and the path it takes; fast.calls(net) counts them
@@ -19,6 +20,16 @@ The rewrite (rewrite.py; tools/bench_net.py measures it against the plain path):
 Every other layer runs its own module on whatever layout it gets. Results agree with Caffe's
 blobs to the tolerances of the parity tests (only summation order differs).
 
+bfloat16 (dtype=torch.bfloat16, precision.py): the parameters stay float32; each convolution and
+fused step converts its weights once (again when they change) and runs on bfloat16 activations,
+oneDNN and the fused op summing in float32 and rounding each output once; the steps that write
+the scores compute in float32, so scores come back float32 (other blobs, with return_blobs=True,
+are bfloat16); layers with other arithmetic run in float32 on widened inputs. On a CPU where oneDNN has no bfloat16 (no AVX512-BF16, AMX or
+AVX-NE-CONVERT; torch honours ONEDNN_MAX_CPU_ISA) conv="auto" takes F.conv2d in bfloat16, which
+works and is slower than float32. Cost, measured (tests/test_fast.py, `fcn bench net`): scores
+within 2^-5 of the largest score of float32's on the caffe-ref nets; see the README for argmax
+agreement and mean IU.
+
 Training: the steps are an inference path. When autograd records (grad enabled and the input or
 a parameter requires grad) a convolution step runs F.conv2d and the ReLU (path "autograd"), the
 same arithmetic as the fused plan, so forward+backward works and is counted; train="error"
@@ -30,11 +41,12 @@ asked-for path that is unavailable raises, at optimize() or at the forward that 
 so does a torch that lacks a private API the path needs (torch_private.py).
 """
 from .conv import FastConv, auto_impl
-from .installed import buffer_stats, calls, describe, release_buffers, repack, step_path
+from .installed import buffer_stats, calls, describe, release_buffers, repack, step_dtype, step_path
 from .lrn import FastLRN
 from .pool import BufferPool
+from .precision import DTYPES
 from .rewrite import CONV_IMPLS, MEMORY_FORMATS, SKIP_IMPLS, TRAIN_MODES, optimize
 
-__all__ = ["optimize", "describe", "calls", "step_path", "buffer_stats", "release_buffers", "repack",
+__all__ = ["optimize", "describe", "calls", "step_path", "step_dtype", "buffer_stats", "release_buffers", "repack",
            "BufferPool", "FastConv", "FastLRN", "auto_impl", "CONV_IMPLS", "SKIP_IMPLS", "MEMORY_FORMATS",
-           "TRAIN_MODES"]
+           "TRAIN_MODES", "DTYPES"]

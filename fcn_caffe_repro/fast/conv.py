@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import gemm, onednn
+from .precision import cast_inputs
 from ..errors import NetError
 from ..torch_private import version_counter
 
@@ -24,13 +25,18 @@ def auto_impl(conv):
 class FastConv(nn.Module):
     """impl "mkldnn" (onednn.py, prepacked weight), "gemm" (gemm.py) or "torch" (F.conv2d); the
     ReLU is oneDNN's post-op or an in-place op on the output. While autograd records, every impl
-    runs F.conv2d and the ReLU (path "autograd"), or raises with train="error"."""
+    runs F.conv2d and the ReLU (path "autograd"), or raises with train="error".
 
-    def __init__(self, conv, slope, impl, memory_format, train, pool=None):
+    dtype None: the input and parameters as they are (the float32 plan). A dtype (the bfloat16
+    plan, precision.py): the input converted to it, the weight and bias converted once (re-converted
+    when they change), inference only."""
+
+    def __init__(self, conv, slope, impl, memory_format, train, pool=None, dtype=None):
         super().__init__()
         self.conv = [conv]  # a list: the layer stays registered on the net only
         self.slope = slope  # None: no ReLU; 0.0: ReLU; else Caffe's negative_slope
         self.impl, self.memory_format, self.train_mode = impl, memory_format, train
+        self.dtype = dtype
         self.pool = pool  # BufferPool shared by the plan's oneDNN steps, or None
         self.calls = Counter()
         self.repacks = 0
@@ -42,12 +48,20 @@ class FastConv(nn.Module):
 
     def extra_repr(self):
         relu = "" if self.slope is None else f", relu(slope={self.slope})"
-        return f"'{self.layer.layer_name}', {self.impl}{relu}"
+        dtype = "" if self.dtype is None else f", {str(self.dtype).replace('torch.', '')}"
+        return f"'{self.layer.layer_name}', {self.impl}{relu}{dtype}"
 
     def forward(self, x):
         c = self.layer
         c._check_input(x)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in c.blobs())):
+        recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in c.blobs()))
+        if self.dtype is not None:
+            if recording:
+                raise NetError(f"the {self.dtype} fast mode (optimize(dtype=...)) is inference-only and autograd "
+                               f"is recording; run under torch.no_grad() or optimize() in float32",
+                               layer=c.layer_name)
+            (x,) = cast_inputs([x], self.dtype)
+        if recording:
             if self.train_mode == "error":
                 raise NetError("the fast mode is inference-only (optimize(train='error')) and autograd is "
                                "recording; run under torch.no_grad() or optimize(train='autograd')",
@@ -56,12 +70,14 @@ class FastConv(nn.Module):
             return (self._relu(F.conv2d(x, c.weight, c.bias, c.stride, c.pad, c.dilation, c.group)),)
         self.calls[self.impl] += 1
         if self.impl == "mkldnn":
-            onednn.check_input(c, x)
-            return (onednn.conv2d(c, self._layout(x), self.packed_weight(), self.slope, self.pool,
+            onednn.check_input(c, x, self.dtype or torch.float32)
+            w, b = self.params()
+            return (onednn.conv2d(c, self._layout(x), w, b, self.slope, self.pool,
                                   self.memory_format == "channels_last"),)
+        w, b = self.params()
         if self.impl == "gemm":
-            return (self._relu(gemm.conv2d(c, x)),)
-        return (self._relu(F.conv2d(self._layout(x), c.weight, c.bias, c.stride, c.pad, c.dilation, c.group)),)
+            return (self._relu(gemm.conv2d(c, x, w, b)),)
+        return (self._relu(F.conv2d(self._layout(x), w, b, c.stride, c.pad, c.dilation, c.group)),)
 
     def _layout(self, x):
         fmt = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
@@ -72,18 +88,39 @@ class FastConv(nn.Module):
             return y
         return torch.relu_(y) if self.slope == 0 else F.leaky_relu_(y, self.slope)
 
-    # --- the prepacked weight of the oneDNN path ---------------------------------------------------
+    # --- the weights the step computes with: prepacked (oneDNN) or converted (a dtype) -------------
     def _weight_key(self):
-        w = self.layer.weight
-        return (w.data_ptr(), version_counter(w), w.dtype, w.device, tuple(w.shape))
+        key = ()
+        for p in (self.layer.weight, self.layer.bias):
+            key += (None,) if p is None else (p.data_ptr(), version_counter(p), p.dtype, p.device, tuple(p.shape))
+        return key
 
-    def packed_weight(self):
-        """oneDNN's blocked copy of the weight, re-packed whenever the parameter has changed."""
+    def has_copies(self):
+        """Whether the step computes with copies of the parameters (packed or converted), not them."""
+        return self.impl == "mkldnn" or (self.dtype is not None and self.dtype != self.layer.weight.dtype)
+
+    def params(self):
+        """(weight, bias) in the step's form: oneDNN's blocked weight and the bias for "mkldnn", the
+        parameters in the step's dtype otherwise; copies are re-made whenever a parameter changed."""
+        if not self.has_copies():
+            b = self.layer.bias
+            return self.layer.weight.detach(), (None if b is None else b.detach())
         if self._key != self._weight_key():
             self.pack()
-        return self._packed
+        return self._packed, self._bias
+
+    def packed_weight(self):
+        """The weight in the step's form (params()[0])."""
+        return self.params()[0]
 
     def pack(self):
-        self._packed = onednn.pack_weight(self.layer)
+        """Make the copies now (oneDNN's blocked weight, the converted weight and bias)."""
+        c = self.layer
+        dtype = self.dtype or c.weight.dtype
+        if self.impl == "mkldnn":
+            self._packed = onednn.pack_weight(c, self.dtype or torch.float32)
+        else:
+            self._packed = c.weight.detach().to(dtype)
+        self._bias = None if c.bias is None else c.bias.detach().to(dtype)
         self._key = self._weight_key()
         self.repacks += 1

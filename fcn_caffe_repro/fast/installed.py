@@ -2,6 +2,7 @@
 buffer pool's state, and re-packing weights written around PyTorch's version counter."""
 from .conv import FastConv
 from .lrn import FastLRN
+from .precision import Cast
 from ..fusion import FusedDeconvCropSum
 
 
@@ -14,11 +15,23 @@ def step_path(step):
         return "lrn/nhwc-sum"
     if isinstance(m, FusedDeconvCropSum):
         return f"deconv_crop{'_sum' if m.with_skip else ''}/{m.impl}/{'depthwise' if m.is_depthwise else 'dense'}"
+    if isinstance(m, Cast):
+        return f"layer/{m.layer.spec.type}"
     return f"layer/{m.spec.type}"
 
 
-def describe(net):
-    """[(step name, path)] for every step of the net's current plan."""
+def step_dtype(step):
+    """The dtype a step computes in, as a word: a fast step's own, a converting wrapper's, or "as given"."""
+    m = step.module
+    dtype = m.dtype if isinstance(m, (FastConv, FusedDeconvCropSum, Cast)) else None
+    return "as given" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def describe(net, dtypes=False):
+    """[(step name, path)] for every step of the net's current plan; dtypes=True: [(name, path, dtype)]
+    (step_dtype)."""
+    if dtypes:
+        return [(s.name, step_path(s), step_dtype(s)) for s in net.plan]
     return [(s.name, step_path(s)) for s in net.plan]
 
 
@@ -48,7 +61,9 @@ def release_buffers(net):
 
 
 def repack(net):
-    """Re-pack every prepacked weight now (needed only after writes through `param.data`)."""
+    """Re-pack every prepacked or converted weight now (needed only after writes through `param.data`)."""
     for s in net.plan:
-        if isinstance(s.module, FastConv) and s.module.impl == "mkldnn":
+        if isinstance(s.module, FastConv) and s.module.has_copies():
             s.module.pack()
+        elif isinstance(s.module, FusedDeconvCropSum):
+            s.module.forget_weights()

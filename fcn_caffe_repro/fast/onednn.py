@@ -1,5 +1,6 @@
 """The oneDNN convolution backend: the weight reordered once into oneDNN's blocked layout (as
-inductor's freezing pass does), the ReLU as a post-op, the output optionally in a pooled buffer."""
+inductor's freezing pass does), the ReLU as a post-op, the output optionally in a pooled buffer.
+In bfloat16 oneDNN multiplies bfloat16 and accumulates in float32, rounding each output once."""
 import torch
 
 from .. import torch_private
@@ -11,33 +12,34 @@ def available():
     return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
-def pack_weight(conv):
-    """oneDNN's blocked copy of the Convolution layer's float32 CPU weight."""
+def pack_weight(conv, dtype=torch.float32):
+    """oneDNN's blocked copy of the Convolution layer's float32 CPU weight, converted to dtype
+    (float32 or bfloat16) first."""
     w = conv.weight.detach()
     if w.dtype != torch.float32 or w.device.type != "cpu":
         raise NetError(f"the oneDNN path needs float32 CPU weights, the layer has {w.dtype} on {w.device}; "
                        f"re-run optimize() with conv='torch' or 'gemm'", layer=conv.layer_name)
-    return torch_private.reorder_conv2d_weight(w, list(conv.pad), list(conv.stride), list(conv.dilation),
-                                               conv.group, list(conv.bottom_shapes[0]))
+    return torch_private.reorder_conv2d_weight(w.to(dtype), list(conv.pad), list(conv.stride),
+                                               list(conv.dilation), conv.group, list(conv.bottom_shapes[0]))
 
 
-def check_input(conv, x):
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        raise NetError(f"the oneDNN path runs float32 on the CPU, got {x.dtype} on {x.device}; "
+def check_input(conv, x, dtype=torch.float32):
+    if x.dtype != dtype or x.device.type != "cpu":
+        raise NetError(f"the oneDNN path of this step runs {dtype} on the CPU, got {x.dtype} on {x.device}; "
                        f"re-run optimize() with conv='torch' or 'gemm' for this dtype/device",
                        layer=conv.layer_name)
 
 
-def conv2d(conv, x, packed, slope, pool, channels_last):
+def conv2d(conv, x, packed, bias, slope, pool, channels_last):
     """The layer's convolution of x (checked by check_input, in the step's layout) with the packed
-    weight, then ReLU (slope 0), leaky ReLU (another slope) or nothing (None), as one oneDNN call."""
+    weight and the bias (x's dtype: oneDNN's in-place form wants them equal; None: no bias), then
+    ReLU (slope 0), leaky ReLU (another slope) or nothing (None), as one oneDNN call."""
     if slope is None:
         attr, scalars = "none", []
     elif slope == 0:
         attr, scalars = "relu", []
     else:
         attr, scalars = "leaky_relu", [slope]
-    bias = conv.bias.detach() if conv.bias is not None else None
     args = (list(conv.pad), list(conv.stride), list(conv.dilation), conv.group)
     out = None
     if pool is not None and attr != "leaky_relu":  # oneDNN's in-place form fuses relu only

@@ -27,7 +27,10 @@ class BufferPool:
             n *= d
         if n * torch.finfo(dtype).bits // 8 < self.MIN_BYTES or self.size == 0:
             return None
-        free = [b for b in self.buffers if b[0].dtype == dtype and storage_use_count(b[0]) == b[1]]
+        # a buffer made under torch.inference_mode() cannot be written outside it
+        writable = torch.is_inference_mode_enabled()
+        free = [b for b in self.buffers if b[0].dtype == dtype and storage_use_count(b[0]) == b[1]
+                and (writable or not b[0].is_inference())]
         fits = [b for b in free if b[0].numel() >= n]
         if fits:
             flat = min(fits, key=lambda b: b[0].numel())[0]

@@ -1,12 +1,14 @@
 """The fast-mode pass: optimize(net) rewrites the net's layer steps into fast steps and installs them."""
-from . import onednn
+import torch
+
+from . import onednn, precision
 from .conv import IMPLS, FastConv, auto_impl
 from .lrn import FastLRN
 from .pool import BufferPool
 from .. import layers as L
 from .. import ops, torch_private
 from ..errors import NetError
-from ..fusion import fused_plan
+from ..fusion import FusedDeconvCropSum, fused_plan
 from ..plan import Step, layer_steps
 
 CONV_IMPLS = ("auto",) + IMPLS
@@ -20,8 +22,10 @@ def _check_choice(name, value, choices):
         raise NetError(f"optimize(): {name} must be one of {choices}, got {value!r}")
 
 
-def fast_steps(steps, conv, memory_format, train, pool):
-    """Each Convolution (with the in-place ReLU right after it) and each cross-channel LRN as a fast step."""
+def fast_steps(steps, conv, memory_format, train, pool, native=True):
+    """Each Convolution (with the in-place ReLU right after it) and each cross-channel LRN as a fast
+    step; native False (bfloat16 on a CPU without it in oneDNN): conv="auto" takes F.conv2d where
+    it would take oneDNN."""
     out, i = [], 0
     while i < len(steps):
         s = steps[i]
@@ -34,6 +38,8 @@ def fast_steps(steps, conv, memory_format, train, pool):
             i += 1
             continue
         impl = auto_impl(s.module) if conv == "auto" else conv
+        if conv == "auto" and impl == "mkldnn" and not native:
+            impl = "torch"
         if impl == "gemm" and s.module.group != 1:
             raise NetError(f"conv='gemm' needs group 1, this layer has group {s.module.group}", layer=s.name)
         nxt = steps[i + 1] if i + 1 < len(steps) else None
@@ -48,14 +54,39 @@ def fast_steps(steps, conv, memory_format, train, pool):
     return out
 
 
+def bf16_steps(steps, outputs):
+    """The fast steps given their dtype in the bfloat16 plan, and the other layers wrapped to get
+    the dtype they compute in (precision.py)."""
+    def compute(s):
+        return isinstance(s.module, (FastConv, FusedDeconvCropSum))
+
+    wide = precision.computes_float32(steps, outputs, compute)
+    out = []
+    for i, s in enumerate(steps):
+        m = s.module
+        if compute(s):
+            m.dtype = torch.float32 if i in wide else torch.bfloat16
+        elif isinstance(m, precision.MULTI_INPUT):
+            m = precision.Cast(m, torch.bfloat16)
+        elif isinstance(m, precision.PASS_THROUGH) and not set(s.top) & outputs:
+            pass
+        elif not isinstance(m, (L.Input, FastLRN)):
+            m = precision.Cast(m, torch.float32)
+        out.append(Step(s.name, s.bottom, s.top, m))
+    return out
+
+
 def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train="autograd", buffers=2,
-             enabled=True):
+             enabled=True, dtype=torch.float32):
     """Install the fast plan on `net` (in place) and return it; enabled=False restores the plain plan.
 
     conv: "auto" (per layer, see conv.auto_impl), "mkldnn", "gemm" or "torch" (F.conv2d, still fused
     with its ReLU); skip: the fused upsampling op's impl, "ext", "torch", or None (not fused);
     memory_format of the activations; train: "autograd" or "error" (see the package docstring);
-    buffers: how many output buffers the oneDNN steps share and reuse (BufferPool; 0: none).
+    buffers: how many output buffers the oneDNN steps share and reuse (BufferPool; 0: none);
+    dtype: torch.float32, or torch.bfloat16 for bfloat16 activations and weight copies, inference
+    only, outputs float32 (precision.py); on a CPU where oneDNN lacks bfloat16, conv="auto" runs
+    F.conv2d in bfloat16 instead (slower than float32; the benchmark says by how much).
     """
     steps = layer_steps(net)
     if not enabled:
@@ -67,12 +98,20 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
     _check_choice("train", train, TRAIN_MODES)
     if not isinstance(buffers, int) or isinstance(buffers, bool) or buffers < 0:
         raise NetError(f"optimize(): buffers must be a non-negative integer, got {buffers!r}")
+    _check_choice("dtype", dtype, precision.DTYPES)
+    bf16 = dtype == torch.bfloat16
+    native = not bf16 or precision.native_bf16()
+    if bf16 and conv == "mkldnn" and not native:
+        raise NetError("optimize(conv='mkldnn', dtype=torch.bfloat16): oneDNN has no bfloat16 convolution on "
+                       "this CPU (it needs AVX512-BF16, AMX or AVX-NE-CONVERT); pass conv='auto' or 'torch'")
     if skip == "ext" and not ops.extension_available():
         raise NetError(f"optimize(skip='ext'): {ops.extension_problem()}, or pass skip='torch' or None")
     if skip is not None:
         steps = fused_plan(steps, skip)
     pool = BufferPool(buffers) if buffers else None
-    steps = fast_steps(steps, conv, memory_format, train, pool)
+    steps = fast_steps(steps, conv, memory_format, train, pool, native)
+    if bf16:
+        steps = bf16_steps(steps, set(net.outputs))
     packed = [s.module for s in steps if isinstance(s.module, FastConv) and s.module.impl == "mkldnn"]
     if packed:
         if not onednn.available():
@@ -81,7 +120,8 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
         torch_private.require(torch_private.ONEDNN, f"optimize(conv={conv!r})", "pass conv='torch' or 'gemm'")
         if pool is not None:
             torch_private.require(torch_private.BUFFERS, f"optimize(buffers={buffers})", "pass buffers=0")
-    for module in packed:  # up front: the memory is claimed and bad dtypes/devices raise here
+    for module in [s.module for s in steps if isinstance(s.module, FastConv) and s.module.has_copies()]:
+        # up front: the memory is claimed and bad dtypes/devices raise here
         module.pack()
     net.set_plan(steps)
     return net
