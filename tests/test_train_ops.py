@@ -188,3 +188,12 @@ def test_solver_keeps_freed_memory():
     from fcn_caffe_repro.solver import SGDSolver
     SGDSolver(conv_net(3, 4), base_lr=0.1, lr_policy="fixed")
     assert heap.keeps_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_training_path_is_for_recorded_cpu_forwards():
+    x = torch.empty(1, requires_grad=True)
+    assert train_ops.wants_grad(x)
+    assert not train_ops.wants_grad(torch.empty(1, device="meta", requires_grad=True))  # another device
+    assert not train_ops.wants_grad(torch.empty(1), torch.empty(1))  # nothing requires a gradient
+    with torch.no_grad():
+        assert not train_ops.wants_grad(x)
