@@ -44,7 +44,8 @@ class NonFiniteLoss(CaffeError, FloatingPointError):
 class SGDSolver:
     """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
     weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
-    Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone)."""
+    Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone).
+    Constructing one makes glibc keep freed memory in this process for reuse (heap.py)."""
 
     def __init__(self, net, **params):
         unknown = [k for k in params if k not in DEFAULTS]
