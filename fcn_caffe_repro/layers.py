@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import train_ops
 from .errors import NetError
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clips probabilities at FLT_MIN, also in double
@@ -292,6 +293,9 @@ class Convolution(_ConvBase):
 
     def forward(self, x):
         self._check_input(x)
+        if train_ops.wants_grad(x, self.weight, self.bias):
+            return (train_ops.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group,
+                                     self.output_shape(x.shape)),)
         return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group),)
 
 
@@ -353,6 +357,12 @@ class Pooling(CaffeLayer):
             raise spec.error("pad must be smaller than the kernel")
 
     def forward(self, x):
+        if self.method == "MAX" and train_ops.wants_grad(x):
+            return (train_ops.recomputed(self.pool, x),)
+        return (self.pool(x),)
+
+    def pool(self, x):
+        """The pooled top."""
         if x.dim() != 4:
             raise NetError(f"pooling needs a 4-D bottom, got shape {tuple(x.shape)}", layer=self.layer_name)
         kernel = tuple(x.shape[2:]) if self.global_pooling else self.kernel
@@ -362,8 +372,8 @@ class Pooling(CaffeLayer):
         if oh <= 0 or ow <= 0:
             raise NetError(f"bottom {tuple(x.shape)} is smaller than the pooling window", layer=self.layer_name)
         if self.method == "MAX":
-            return (self._max(x, kernel, oh, ow),)
-        return (self._ave(x, kernel, oh, ow),)
+            return self._max(x, kernel, oh, ow)
+        return self._ave(x, kernel, oh, ow)
 
     def _padded(self, x, kernel, oh, ow, value):
         """Pad explicitly so every Caffe window lies inside; the extra cells never win or count."""

@@ -3,7 +3,7 @@
     fcn bench net --quick           # whole nets: plain, fast float32 / bfloat16, OpenCV's dnn
     fcn bench fused --rounds 15     # the fused skip op on FCN-8s's three upsampling calls
     fcn bench convert               # reading a full-size caffemodel
-    fcn bench train --iters 6       # Caffe SGD iterations per second, fused and plain
+    fcn bench train --iters 4       # a Caffe SGD iteration: the default path, its roofline, the previous path
     fcn bench prototxt --mb 50      # parsing a 50 MB prototxt: time and peak memory
     fcn bench net --help            # each benchmark's own options
 """

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import heap
 from ..caffe.proto import check_fields
 from ..caffe.spec import NetSpec
 from ..errors import CaffeError
@@ -43,7 +44,8 @@ class NonFiniteLoss(CaffeError, FloatingPointError):
 class SGDSolver:
     """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
     weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
-    Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone)."""
+    Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone).
+    Constructing one makes glibc keep freed memory in this process for reuse (heap.py)."""
 
     def __init__(self, net, **params):
         unknown = [k for k in params if k not in DEFAULTS]
@@ -52,6 +54,7 @@ class SGDSolver:
         self.params = defaults()
         self.params.update(params)
         check_params(self.params)
+        self._keep_freed_memory()
         self.net = net
         self.iter = 0
         self.gradient_hooks = []  # f(solver, loss) -> loss, run once the gradients are summed
@@ -62,6 +65,12 @@ class SGDSolver:
         self.learnable = self._learnable_blobs(net)
         self.history = [torch.zeros_like(p, memory_format=torch.contiguous_format)
                         for _, _, p, _, _ in self.learnable]
+
+    @staticmethod
+    def _keep_freed_memory():
+        """Every iteration frees and reallocates the same activations and gradients: keep freed
+        memory in the process (heap.py) so they come back without page faults."""
+        heap.keep_freed_memory()
 
     @staticmethod
     def _learnable_blobs(net):
@@ -158,7 +167,9 @@ class SGDSolver:
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss}", self.iter, loss, self.last_snapshot)
         grads = [p.grad for _, _, p, _, _ in self.learnable if p.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
+        # max |g| per blob (NaN if any is NaN), checked at once: one read of each gradient, one sync
+        peaks = [torch.linalg.vector_norm(g, math.inf) for g in grads]
+        if peaks and not bool(torch.isfinite(torch.stack(peaks)).all()):
             bad = next((l, i) for l, i, p, _, _ in self.learnable
                        if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
             raise NonFiniteLoss(f"the loss is {loss} but the gradient of layer '{bad[0]}' blob "

@@ -1,0 +1,103 @@
+"""How the layers compute when a gradient is wanted (training): the same functions as their
+inference forward, run the way a CPU training iteration is fastest and smallest.
+
+- Convolution whose weight outweighs its activations (N * H_out * W_out <= C_out, ungrouped:
+  FCN's fc6 and fc7) runs as Caffe does it, im2col + one GEMM per image, in forward and backward.
+  oneDNN would copy the weight into its blocked layout in the forward and again in the backward
+  (two extra weight-sized buffers: 2 x 411 MB for fc6 at the peak of an iteration); the GEMM reads
+  the weight in place and writes the weight gradient once.
+- Convolution with at most 128 input channels (VGG's conv1 and conv2 at their large sizes) runs
+  oneDNN on channels_last tensors: plain NCHW makes oneDNN reorder source, output and gradients
+  into its blocked layout (three activation-sized copies in the backward) and runs slower.
+- MAX pooling keeps no indices: its backward recomputes the pooling from the saved input, which
+  the ReLU before it keeps anyway (the int64 indices are 2x the size of the pooled output).
+
+Every choice changes rounding only (sums in another order), not the function; the caffe-ref
+tolerances hold on both paths.
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHANNELS_LAST_MAX_CHANNELS = 128
+
+
+def wants_grad(x, *params):
+    """Whether this is a CPU forward that autograd records (training). The paths here were chosen
+    by measuring CPUs; other devices keep the plain forward."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in (x,) + params))
+
+
+def uses_gemm(x_shape, out_shape, groups):
+    """The im2col + GEMM path: ungrouped, and the column buffer no larger than the weight."""
+    n, cout, oh, ow = out_shape
+    return groups == 1 and n * oh * ow <= cout
+
+
+def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
+    """The Convolution layer's output, recorded for autograd; out_shape is its top's shape."""
+    if uses_gemm(x.shape, out_shape, groups):
+        return _Im2colConv.apply(x, weight, bias, tuple(stride), tuple(pad), tuple(dilation), tuple(out_shape))
+    layout = torch.channels_last if x.shape[1] <= CHANNELS_LAST_MAX_CHANNELS else torch.contiguous_format
+    return F.conv2d(x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout), bias,
+                    stride, pad, dilation, groups)
+
+
+def recomputed(fn, x):
+    """fn(x) recorded for autograd with only x saved: the backward runs fn again (no RNG in fn)."""
+    return checkpoint(fn, x, use_reentrant=False, preserve_rng_state=False)
+
+
+def _pointwise(kernel, stride, pad):
+    return kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
+
+
+class _Im2colConv(torch.autograd.Function):
+    """Caffe's convolution: per image, columns = im2col(x); y = W (C_out x C k k) @ columns + b.
+    Backward: dW = sum over images of dy @ columns^T, db = sum of dy, dx = col2im(W^T @ dy).
+    The columns are saved (no larger than the weight); a 1x1 convolution's are x itself."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pad, dilation, out_shape):
+        n, cout, oh, ow = out_shape
+        kernel = tuple(weight.shape[2:])
+        x = x.contiguous()
+        if _pointwise(kernel, stride, pad):
+            cols = x.view(n, x.shape[1], -1)
+        else:
+            cols = F.unfold(x, kernel, dilation, pad, stride)  # N x (C kh kw) x (oh ow)
+        w2 = weight.reshape(cout, -1)
+        y = x.new_empty(out_shape)
+        flat = y.view(n, cout, oh * ow)
+        for i in range(n):
+            if bias is not None:
+                torch.addmm(bias.unsqueeze(1), w2, cols[i], out=flat[i])
+            else:
+                torch.mm(w2, cols[i], out=flat[i])
+        ctx.save_for_backward(cols, weight)
+        ctx.geometry = (tuple(x.shape), kernel, stride, pad, dilation, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        cols, weight = ctx.saved_tensors
+        x_shape, kernel, stride, pad, dilation, has_bias = ctx.geometry
+        n, cout = dy.shape[:2]
+        dy = dy.contiguous().view(n, cout, -1)
+        w2 = weight.reshape(cout, -1)
+        dx = dw = db = None
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(dy[0], cols[0].t())
+            for i in range(1, n):
+                dw.addmm_(dy[i], cols[i].t())
+            dw = dw.view(weight.shape)
+        if has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2))
+        if ctx.needs_input_grad[0]:
+            dcols = torch.matmul(w2.t(), dy)  # N x (C kh kw) x (oh ow)
+            if _pointwise(kernel, stride, pad):
+                dx = dcols.view(x_shape)
+            else:
+                dx = F.fold(dcols, x_shape[2:], kernel, dilation, pad, stride)
+        return dx, dw, db, None, None, None, None

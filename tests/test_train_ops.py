@@ -1,0 +1,199 @@
+"""The layers' training path (train_ops): the im2col + GEMM convolution against PyTorch's and
+against Caffe's gradients, the channels_last and recomputed-pooling paths taken and exact, the
+inference forward untouched, and the heap policy (heap.py) in a fresh process."""
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import CAFFE_REF, rel_err
+from fcn_caffe_repro import heap, train_ops
+from fcn_caffe_repro.caffe.spec import L as S
+from fcn_caffe_repro.caffe.spec import NetBuilder, max_pool
+from fcn_caffe_repro.net import CaffeNet
+
+GEOMETRIES = {  # (N, C, H, W), C_out, kernel, stride, pad, dilation, bias
+    "fc6-like 7x7": ((1, 6, 9, 9), 40, (7, 7), (1, 1), (0, 0), (1, 1), True),
+    "1x1": ((1, 8, 3, 4), 16, (1, 1), (1, 1), (0, 0), (1, 1), True),
+    "batch 2, stride, pad, no bias": ((2, 3, 7, 6), 32, (3, 3), (2, 2), (1, 1), (1, 1), False),
+    "rectangular, dilated": ((1, 4, 8, 9), 48, (3, 2), (1, 2), (2, 1), (2, 1), True),
+}
+
+
+def out_shape(x_shape, cout, k, s, p, d):
+    return (x_shape[0], cout) + tuple((x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
+
+
+@pytest.mark.parametrize("case", list(GEOMETRIES))
+def test_im2col_conv_matches_pytorch(case):
+    xs, cout, k, s, p, d, has_bias = GEOMETRIES[case]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((cout, xs[1]) + k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, generator=g, dtype=torch.float64, requires_grad=True) if has_bias else None
+    shape = out_shape(xs, cout, k, s, p, d)
+    assert train_ops.uses_gemm(xs, shape, 1)
+    got = train_ops.conv2d(x, w, b, s, p, d, 1, shape)
+    assert "Im2colConv" in type(got.grad_fn).__name__
+    want = F.conv2d(x, w, b, s, p, d)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    inputs = [x, w] + ([b] if has_bias else [])
+    for a, e in zip(torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy)):
+        assert rel_err(a.numpy(), e.numpy()) < 1e-12
+    assert rel_err(got.detach().numpy(), want.detach().numpy()) < 1e-12
+
+
+def test_im2col_conv_only_the_wanted_gradients():
+    x = torch.randn(1, 5, 4, 4)
+    w = torch.randn(30, 5, 3, 3, requires_grad=True)
+    y = train_ops.conv2d(x, w, None, (1, 1), (0, 0), (1, 1), 1, (1, 30, 2, 2))
+    y.sum().backward()
+    assert x.grad is None and w.grad.shape == w.shape
+
+
+@pytest.mark.parametrize("case", ["conv_basic", "conv_stride_pad_nobias", "conv_rect_hw_fields"])
+def test_im2col_conv_matches_caffe(case):
+    """Caffe's own gradients (the layer fixtures) through the GEMM path, whatever the layer would pick."""
+    folder = CAFFE_REF / "layers" / case
+    ref = np.load(folder / "blobs.npz")
+    net = CaffeNet.from_prototxt(folder / "net.prototxt")
+    conv = net.layer_modules()[-1][1]
+    x = torch.tensor(ref["x"], requires_grad=True)
+    w = torch.tensor(ref["param0"], requires_grad=True)
+    b = torch.tensor(ref["param1"], requires_grad=True) if conv.bias is not None else None
+    y = train_ops._Im2colConv.apply(x, w, b, conv.stride, conv.pad, conv.dilation, conv.output_shape(x.shape))
+    y.backward(torch.tensor(ref["out_diff"]))
+    assert rel_err(y.detach().numpy(), ref["out"]) <= 1e-5
+    assert rel_err(x.grad.numpy(), ref["x_diff"]) <= 1e-5
+    assert rel_err(w.grad.numpy(), ref["param0_diff"]) <= 1e-5
+    if b is not None:
+        assert rel_err(b.grad.numpy(), ref["param1_diff"]) <= 1e-5
+
+
+def conv_net(channels, num_output, size=12):
+    """A one-convolution net (3x3, pad 1) in the TRAIN phase with seeded random weights."""
+    n = NetBuilder()
+    n.data = S.Input(input_param=dict(shape=dict(dim=[1, channels, size, size])))
+    n.conv = S.Convolution(n.data, num_output=num_output, kernel_size=3, pad=1)
+    net = CaffeNet(n.to_spec("c"), phase="train")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return net
+
+
+@pytest.mark.parametrize("channels, layout", [(16, torch.channels_last), (130, torch.contiguous_format)])
+def test_training_convolution_layout(channels, layout):
+    net = conv_net(channels, 8)
+    x = torch.randn(1, channels, 12, 12)
+    y = net(data=x)["conv"]
+    assert y.is_contiguous(memory_format=layout)
+    want = F.conv2d(x, net.conv.weight, net.conv.bias, 1, 1)
+    assert rel_err(y.detach().numpy(), want.detach().numpy()) < 1e-5
+
+
+def test_training_convolution_takes_the_gemm_path_when_the_weight_dominates():
+    net = conv_net(4, 40, size=6)  # 36 output pixels, 40 output channels
+    assert "Im2colConv" in type(net(data=torch.randn(1, 4, 6, 6))["conv"].grad_fn).__name__
+    assert "Im2colConv" not in type(conv_net(4, 30, size=6)(data=torch.randn(1, 4, 6, 6))["conv"].grad_fn).__name__
+
+
+@pytest.mark.parametrize("channels, num_output", [(16, 8), (4, 40)])  # the channels_last and GEMM training paths
+def test_inference_forward_is_the_plain_one(channels, num_output):
+    """Without a gradient the layer runs F.conv2d on the tensors as given: the inference outputs
+    are bit for bit what they were."""
+    net = conv_net(channels, num_output, size=6)
+    x = torch.randn(1, channels, 6, 6)
+    with torch.no_grad():
+        got = net(data=x)["conv"]
+        assert got.is_contiguous() and torch.equal(got, F.conv2d(x, net.conv.weight, net.conv.bias, 1, 1))
+
+
+def test_max_pooling_saves_no_indices_and_gives_the_same_gradient():
+    n = NetBuilder()
+    n.data = S.Input(input_param=dict(shape=dict(dim=[2, 3, 11, 13])))
+    n.pool = max_pool(n.data, ks=3, stride=2)  # Caffe's ceil rounding: a last window partly outside
+    layer = CaffeNet(n.to_spec("p"), phase="train").pool
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 11, 13, generator=g, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        (y,) = layer(x)
+    assert saved and torch.int64 not in saved  # the input only, no int64 indices
+    dy = torch.randn(y.shape, generator=g)
+    (got,) = torch.autograd.grad(y, x, dy)
+    x2 = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad(layer.pool(x2), x2, dy)  # the plain path: indices saved
+    assert torch.equal(y, layer.pool(x.detach())) and torch.equal(got, want)
+    assert got.abs().sum() > 0
+
+
+STEPS = textwrap.dedent("""
+    import json, resource, sys, torch
+    from fcn_caffe_repro.caffe.spec import L, NetBuilder
+    from fcn_caffe_repro.net import CaffeNet
+    from fcn_caffe_repro.solver import SGDSolver
+
+    class Default(SGDSolver):
+        @staticmethod
+        def _keep_freed_memory():
+            pass
+
+    n = NetBuilder()
+    n.data, n.label = L.Input(ntop=2, input_param=dict(shape=[dict(dim=[1, 3, 400, 400]), dict(dim=[1, 1, 400, 400])]))
+    n.conv = L.Convolution(n.data, num_output=64, kernel_size=3, pad=1)  # 41 MB blobs, above glibc's mmap threshold
+    n.relu = L.ReLU(n.conv, in_place=True)
+    n.score = L.Convolution(n.relu, num_output=2, kernel_size=1)
+    n.loss = L.SoftmaxWithLoss(n.score, n.label)
+    torch.manual_seed(0)
+    net = CaffeNet(n.to_spec("h"), phase="train")
+    cls = SGDSolver if sys.argv[1] == "kept" else Default
+    solver = cls(net, base_lr=1e-6, lr_policy="fixed", momentum=0.9)
+    data, label = torch.randn(1, 3, 400, 400), torch.randint(0, 2, (1, 1, 400, 400)).float()
+    faults = []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        solver.step(data=data, label=label)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps(faults))
+""")
+
+
+def _step_faults(mode):
+    out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CAFFE_REF.parents[2])})
+    return json.loads(out.stdout.split("\n")[-2])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's")
+def test_training_iterations_reuse_their_memory():
+    """In fresh processes: the solver's third step faults in almost no new pages, where glibc's
+    default heap (mmap for large blocks, unmapped on free) faults the 41 MB blobs in every step."""
+    default = _step_faults("default")
+    if default[2] < 5000:
+        pytest.skip(f"this kernel faulted only {default[2]} pages per step without the policy (huge pages?)")
+    kept = _step_faults("kept")
+    assert kept[2] < default[2] / 10, (kept, default)
+
+
+def test_solver_keeps_freed_memory():
+    from fcn_caffe_repro.solver import SGDSolver
+    SGDSolver(conv_net(3, 4), base_lr=0.1, lr_policy="fixed")
+    assert heap.keeps_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_training_path_is_for_recorded_cpu_forwards():
+    x = torch.empty(1, requires_grad=True)
+    assert train_ops.wants_grad(x)
+    assert not train_ops.wants_grad(torch.empty(1, device="meta", requires_grad=True))  # another device
+    assert not train_ops.wants_grad(torch.empty(1), torch.empty(1))  # nothing requires a gradient
+    with torch.no_grad():
+        assert not train_ops.wants_grad(x)
