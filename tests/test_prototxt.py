@@ -37,6 +37,12 @@ def test_syntax_forms():
     assert m.msg("sub").get("n") == 2
 
 
+def test_adjacent_strings_skip_comments_between_them():
+    """A quoted string inside a comment between two adjacent strings is not part of the value."""
+    m = prototxt.loads('a: "x"\n# "not" \'this\'\n"y" # "nor" this\nb: ["p" # "q"\n "r"]')
+    assert m.get("a") == "xy" and m.get("b") == "pr"
+
+
 def test_later_scalar_wins_and_repeated_concatenate():
     m = prototxt.loads("a: 1 b: 2 a: 3")
     assert m.get("a") == 3 and m.getall("a") == [1, 3]

@@ -271,7 +271,6 @@ _FIELD = re.compile(  # one field (name, and a scalar value when it has one), a 
     _SKIP + rf"(?:(?P<key>{_IDENT}){_SKIP}(?P<colon>:)?{_SKIP}(?:(?P<open>[{{<])|(?P<list>\[)"
     rf"|(?:(?P<string>{_STRING})(?P<more>(?:{_SKIP}(?:{_STRING}))++)?|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))"
     rf"(?:{_SKIP}(?P<sep>[;,]))?)?|(?P<close>[}}>])(?:{_SKIP}(?P<csep>[;,]))?|(?P<eof>\Z))")
-_STRING_RE = re.compile(_STRING)
 _VALUE = re.compile(_SKIP + rf"(?:(?P<string>{_STRING})|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))")
 _NEXT_STRING = re.compile(_SKIP + rf"(?P<string>{_STRING})")
 _PUNCT = re.compile(_SKIP + r"(?P<p>[\[\],;])")
@@ -380,9 +379,12 @@ class _Parser:
                     positions[len(fields)] = m.start("key")
                 if string is not None:
                     value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
-                    if more is not None:
-                        for n in _STRING_RE.finditer(more):
-                            value += _unquote(n.group(), src, m.start("more") + n.start())
+                    if more is not None:  # string by string: a comment between them may hold quotes
+                        at, stop = m.start("more"), m.end("more")
+                        while at < stop:
+                            n = _NEXT_STRING.match(text, at)
+                            value += _unquote(n.group("string"), src, n.start("string"))
+                            at = n.end()
                     held = strings.get(value)
                     if held is None:
                         if len(strings) > 4096:  # a window of recent values, not every value
