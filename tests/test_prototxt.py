@@ -87,6 +87,19 @@ def test_typed_access_errors_name_the_place():
     assert prototxt.loads("pool: 1").get_enum("pool", ["MAX", "AVE"]) == "AVE"
 
 
+def test_the_fast_path_is_built_and_used(monkeypatch):
+    """Fails where the C extension is silently missing (CI builds it: `pip install -e .`) or loads
+    no longer asks it first (tests/test_prototxt_fast.py checks its trees)."""
+    assert prototxt.FAST_PATH, "caffe/_prototxt_fast is not built: pip install --no-build-isolation --no-deps -e ."
+
+    def no_python_parser(*args, **kwargs):
+        raise AssertionError("loads fell back to the Python parser on a valid text")
+
+    monkeypatch.setattr(prototxt, "_Parser", no_python_parser)
+    m = prototxt.loads('layer {\n  name: "a" type: "ReLU" }', file="x.prototxt")
+    assert m.get("layer").get("type") == "ReLU" and (m.get("layer").line, m.get("layer").col) == (1, 1)
+
+
 def test_binary_input_is_a_clear_error():
     with pytest.raises(PrototxtError, match="not UTF-8"):
         prototxt.loads(b"\x0a\xff\xfe\x00")
