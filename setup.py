@@ -54,4 +54,5 @@ class BuildExt(torch_build_ext):
             self.extensions = every
 
 
-setup(ext_modules=[fused_op, _prototxt_extension()], cmdclass={"build_ext": BuildExt})  # the rest is pyproject.toml's [project]
+# The rest is pyproject.toml's [project].
+setup(ext_modules=[fused_op, _prototxt_extension()], cmdclass={"build_ext": BuildExt})

@@ -44,9 +44,10 @@ def assert_same_tree(a, b, where="root"):
                 if slot == "_src":  # the same text and file (positions are computed from them)
                     x, y = (type(x), x.text, x.file), (type(y), y.text, y.file)
                 assert type(x) is type(y) and x == y, f"{where}.{slot}: {x!r} vs {y!r}"
-        assert type(a.fields) is list and len(a.fields) == len(b.fields), f"{where}: {len(a.fields)} vs {len(b.fields)} fields"
+        assert type(a.fields) is list and len(a.fields) == len(b.fields), f"{where}: {len(a.fields)} vs {len(b.fields)}"
         for i, (fa, fb) in enumerate(zip(a.fields, b.fields)):
-            assert type(fa) is tuple and len(fa) == 2 and type(fa[0]) is str and fa[0] == fb[0], f"{where}[{i}]: {fa!r} vs {fb!r}"
+            assert type(fa) is tuple and len(fa) == 2 and type(fa[0]) is str and fa[0] == fb[0], \
+                f"{where}[{i}]: {fa!r} vs {fb!r}"
             assert_same_tree(fa[1], fb[1], f"{where}.{fa[0]}[{i}]")
     elif isinstance(a, float):
         assert (math.isnan(a) and math.isnan(b)) or a == b, f"{where}: {a!r} vs {b!r}"
@@ -165,7 +166,8 @@ _sq = st.from_regex(r"'([^'\\\n]|\\([ntrabfv\\'\"?]|[xX][0-9a-fA-F]{1,2}|[0-7]{1
 _string1 = _dq | _sq
 _string = _string1 | st.tuples(_string1, st.sampled_from(["", " ", "\n#c\n"]), _string1).map("".join)
 _ident = st.sampled_from(["MAX", "true", "inf", "-inf", "+nan", "Infinity", "-INFINITY", "e1", "_", "nan"])
-_scalar = _number | _string | _ident | st.lists(_number | _string | _ident, max_size=3).map(lambda v: "[" + ", ".join(v) + "]")
+_scalar = _number | _string | _ident | st.lists(_number | _string | _ident, max_size=3).map(
+    lambda v: "[" + ", ".join(v) + "]")
 _gap = st.sampled_from(["", " ", "\n", "\t", " # c\n", ";", ",", "\f"])
 _field = st.tuples(st.from_regex(r"[a-z_][a-z0-9_]{0,3}", fullmatch=True), st.sampled_from([":", ": ", " :\n", ":#c\n"]),
                    _scalar, _gap).map(lambda t: t[0] + t[1] + t[2] + t[3] + " ")

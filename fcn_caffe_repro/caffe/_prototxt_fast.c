@@ -120,6 +120,11 @@ typedef struct {
     PyObject *value;
 } NumberSlot;
 
+/* A recent (key, value) tuple, with its items' addresses at hand. */
+typedef struct {
+    PyObject *key, *value, *pair;
+} PairSlot;
+
 typedef struct {
     PyObject *text;
     int kind;
@@ -132,7 +137,7 @@ typedef struct {
     Table keys, enums;
     StringSlot *strings;      /* STRING_SLOTS slots, by the hash of the characters */
     NumberSlot *numbers;      /* RECENT slots, by the hash of the token */
-    PyObject **pairs;         /* RECENT (key, value) tuples, by the identity of key and value: a field
+    PairSlot *pairs;          /* RECENT (key, value) tuples, by the identity of key and value: a field
                                  repeated with the same objects (type: "ReLU") is one tuple, immutable */
     PyObject **pending;       /* (key, value) tuples of the open messages, innermost last */
     Py_ssize_t npending, cap_pending;
@@ -215,13 +220,16 @@ static int push_field(Parser *p, PyObject *key, PyObject *value, int share) {
         p->pending = pending;
         p->cap_pending = cap;
     }
-    PyObject *pair, **slot = NULL;
+    PyObject *pair;
+    PairSlot *slot = NULL;
     if (share) {
-        uint64_t h = ((uint64_t)(uintptr_t)key >> 4) * 0x9E3779B97F4A7C15ULL ^ ((uint64_t)(uintptr_t)value >> 4) * 0xC2B2AE3D27D4EB4FULL;
+        uint64_t h = ((uint64_t)(uintptr_t)key >> 4) * 0x9E3779B97F4A7C15ULL ^
+                     ((uint64_t)(uintptr_t)value >> 4) * 0xC2B2AE3D27D4EB4FULL;
         slot = &p->pairs[(h >> 32) & (RECENT - 1)];
-        if (*slot != NULL && PyTuple_GET_ITEM(*slot, 0) == key && PyTuple_GET_ITEM(*slot, 1) == value) {
-            Py_INCREF(*slot);
-            p->pending[p->npending++] = *slot;
+        /* The cached tuple holds key and value: while it is here, no other object has their addresses. */
+        if (slot->pair != NULL && slot->key == key && slot->value == value) {
+            Py_INCREF(slot->pair);
+            p->pending[p->npending++] = slot->pair;
             return 0;
         }
     }
@@ -229,7 +237,9 @@ static int push_field(Parser *p, PyObject *key, PyObject *value, int share) {
     if (pair == NULL) return -1;
     if (slot != NULL) {
         Py_INCREF(pair);
-        Py_XSETREF(*slot, pair);
+        Py_XSETREF(slot->pair, pair);
+        slot->key = key;
+        slot->value = value;
     }
     p->pending[p->npending++] = pair;
     if (--p->signal_budget <= 0) {
@@ -309,7 +319,9 @@ static PyObject *unquote_escaped(Parser *p, Py_ssize_t i, Py_ssize_t end) {
             unsigned char u[4];
             int nu;
             if (c < 0x80) { u[0] = (unsigned char)c; nu = 1; }
-            else if (c < 0x800) { u[0] = (unsigned char)(0xC0 | (c >> 6)); u[1] = (unsigned char)(0x80 | (c & 0x3F)); nu = 2; }
+            else if (c < 0x800) {
+                u[0] = (unsigned char)(0xC0 | (c >> 6)); u[1] = (unsigned char)(0x80 | (c & 0x3F)); nu = 2;
+            }
             else if (c >= 0xD800 && c <= 0xDFFF) return NULL; /* str.encode raises: leave it to Python */
             else if (c < 0x10000) {
                 u[0] = (unsigned char)(0xE0 | (c >> 12)); u[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
@@ -675,8 +687,9 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     int ok = max_depth >= 0 && max_depth < (1 << 20);
     for (int s = 0; ok && s < N_SLOTS; s++) ok = (p.slot[s] = slot_offset(p.msg_type, SLOT_NAMES[s])) > 0;
     if (ok && table_init(&p.keys, 64) == 0 && table_init(&p.enums, 64) == 0 &&
-        (p.strings = PyMem_Calloc(STRING_SLOTS, sizeof(StringSlot))) != NULL && (p.numbers = PyMem_Calloc(RECENT, sizeof(NumberSlot))) != NULL &&
-        (p.pairs = PyMem_Calloc(RECENT, sizeof(PyObject *))) != NULL)
+        (p.strings = PyMem_Calloc(STRING_SLOTS, sizeof(StringSlot))) != NULL &&
+        (p.numbers = PyMem_Calloc(RECENT, sizeof(NumberSlot))) != NULL &&
+        (p.pairs = PyMem_Calloc(RECENT, sizeof(PairSlot))) != NULL)
         root = parse_text(&p, max_depth);
     for (Py_ssize_t i = 0; i < p.npending; i++) Py_DECREF(p.pending[i]);
     PyMem_Free(p.pending);
@@ -686,7 +699,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     for (int i = 0; p.strings != NULL && i < STRING_SLOTS; i++) Py_XDECREF(p.strings[i].value);
     PyMem_Free(p.strings);
     for (int i = 0; p.numbers != NULL && i < RECENT; i++) Py_XDECREF(p.numbers[i].value);
-    for (int i = 0; p.pairs != NULL && i < RECENT; i++) Py_XDECREF(p.pairs[i]);
+    for (int i = 0; p.pairs != NULL && i < RECENT; i++) Py_XDECREF(p.pairs[i].pair);
     PyMem_Free(p.numbers);
     PyMem_Free(p.pairs);
     if (root != NULL) return root;
