@@ -7,7 +7,7 @@ the file, line and column of a bad value. The reader is iterative, one regex mat
 with messages nested at most MAX_DEPTH deep; memory stays a small multiple of the text's size.
 
 `_Parser` below is the specification. `loads` first asks the C extension `_prototxt_fast`
-(built by setup.py) for the same tree, about ten times faster; it answers None on any error or
+(built by setup.py) for the same tree, many times faster; it answers None on any error or
 anything it does not handle alike, and then `_Parser` parses, so errors are `_Parser`'s. Where
 the extension is not built, `_Parser` alone parses (`FAST_PATH` says which).
 """
