@@ -1,5 +1,16 @@
-"""The csrc/ extension (fcn_caffe_repro._C); the package's metadata is pyproject.toml's [project]."""
-from setuptools import setup
+"""The compiled extensions; the package's metadata is pyproject.toml's [project].
+
+fcn_caffe_repro._C (csrc/, against torch) and fcn_caffe_repro.caffe._prototxt_fast (plain C over
+the Python C API, no torch: the prototxt reader's fast path)."""
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PROTOTXT_FAST = "fcn_caffe_repro.caffe._prototxt_fast"
+
+
+def _prototxt_extension():
+    return Extension(PROTOTXT_FAST, ["fcn_caffe_repro/caffe/_prototxt_fast.c"], extra_compile_args=["-O2"])
+
 
 def _fused_op_extension():
     """fcn_caffe_repro._C from csrc/: the CPU kernels always, the CUDA kernels when torch has CUDA
@@ -22,9 +33,26 @@ def _fused_op_extension():
                             extra_link_args=link + [f"-Wl,-rpath,{p}" for p in library_paths("cuda")])
     else:
         ext = CppExtension("fcn_caffe_repro._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return ext, BuildExtension.with_options(use_ninja=True)
 
 
-ext_modules, cmdclass = _fused_op_extension()
+fused_op, torch_build_ext = _fused_op_extension()
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)  # the rest is pyproject.toml's [project]
+
+class BuildExt(torch_build_ext):
+    """torch's build for _C; setuptools' own for the plain C extension, built first, before torch's
+    build rewires the compiler (C++ flags, ninja) for everything it builds."""
+
+    def build_extensions(self):
+        every = self.extensions
+        try:
+            self.extensions = [e for e in every if e.name == PROTOTXT_FAST]
+            build_ext.build_extensions(self)
+            self.extensions = [e for e in every if e.name != PROTOTXT_FAST]
+            super().build_extensions()
+        finally:
+            self.extensions = every
+
+
+# The rest is pyproject.toml's [project].
+setup(ext_modules=[fused_op, _prototxt_extension()], cmdclass={"build_ext": BuildExt})

@@ -37,6 +37,12 @@ def test_syntax_forms():
     assert m.msg("sub").get("n") == 2
 
 
+def test_adjacent_strings_skip_comments_between_them():
+    """A quoted string inside a comment between two adjacent strings is not part of the value."""
+    m = prototxt.loads('a: "x"\n# "not" \'this\'\n"y" # "nor" this\nb: ["p" # "q"\n "r"]')
+    assert m.get("a") == "xy" and m.get("b") == "pr"
+
+
 def test_later_scalar_wins_and_repeated_concatenate():
     m = prototxt.loads("a: 1 b: 2 a: 3")
     assert m.get("a") == 3 and m.getall("a") == [1, 3]
@@ -79,6 +85,19 @@ def test_typed_access_errors_name_the_place():
     with pytest.raises(PrototxtError, match=r"n.prototxt:3:5: 'num_output' must be an integer"):
         p.get_int("num_output")
     assert prototxt.loads("pool: 1").get_enum("pool", ["MAX", "AVE"]) == "AVE"
+
+
+def test_the_fast_path_is_built_and_used(monkeypatch):
+    """Fails where the C extension is silently missing (CI builds it: `pip install -e .`) or loads
+    no longer asks it first (tests/test_prototxt_fast.py checks its trees)."""
+    assert prototxt.FAST_PATH, "caffe/_prototxt_fast is not built: pip install --no-build-isolation --no-deps -e ."
+
+    def no_python_parser(*args, **kwargs):
+        raise AssertionError("loads fell back to the Python parser on a valid text")
+
+    monkeypatch.setattr(prototxt, "_Parser", no_python_parser)
+    m = prototxt.loads('layer {\n  name: "a" type: "ReLU" }', file="x.prototxt")
+    assert m.get("layer").get("type") == "ReLU" and (m.get("layer").line, m.get("layer").col) == (1, 1)
 
 
 def test_binary_input_is_a_clear_error():

@@ -82,14 +82,18 @@ def main(argv=None):
             rows.append({"file": kind, "bytes": nbytes, "layers": count if kind == "layers" else 0, "seconds": seconds,
                          "cpu_seconds": cpu_seconds, "peak_bytes": peak, "peak_x_file": peak / nbytes})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, load average {load:.1f}), Python {platform.python_version()}\n")
+    from ..caffe import prototxt
+
+    reader = "the C fast path" if prototxt.FAST_PATH else "the Python parser (caffe/_prototxt_fast not built)"
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, load average {load:.1f}), Python {platform.python_version()}, "
+          f"reader: {reader}\n")
     print("| file | size | layers | parse time (CPU time) | peak memory | peak / file size |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['file']} | {r['bytes'] / 1e6:.1f} MB | {r['layers']} | {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s) | "
               f"{r['peak_bytes'] / 1e6:.0f} MB | {r['peak_x_file']:.1f}x |")
     if args.json:
-        write_json(args.json, {"cpu": cpu_model(), "load_average": load, "rows": rows})
+        write_json(args.json, {"cpu": cpu_model(), "load_average": load, "fast_path": prototxt.FAST_PATH, "rows": rows})
     return 0
 
 

@@ -5,6 +5,11 @@ The parser knows no schema: scalars come back as `str` (quoted strings), `int`, 
 goes through `Message.get_int` / `get_float` / `get_bool` / `get_enum` / `get_str`, which name
 the file, line and column of a bad value. The reader is iterative, one regex match per field,
 with messages nested at most MAX_DEPTH deep; memory stays a small multiple of the text's size.
+
+`_Parser` below is the specification. `loads` first asks the C extension `_prototxt_fast`
+(built by setup.py) for the same tree, many times faster; it answers None on any error or
+anything it does not handle alike, and then `_Parser` parses, so errors are `_Parser`'s. Where
+the extension is not built, `_Parser` alone parses (`FAST_PATH` says which).
 """
 import gc
 import math
@@ -12,6 +17,13 @@ import re
 
 from ..atomic import open_regular
 from ..errors import PrototxtError
+
+try:
+    from . import _prototxt_fast
+except ImportError:  # not built (a source tree without `pip install -e .`): the Python parser alone
+    _prototxt_fast = None
+
+FAST_PATH = _prototxt_fast is not None
 
 # Fields whose values are enums in caffe.proto: a Python str given for them prints bare.
 ENUM_FIELDS = frozenset({
@@ -271,7 +283,6 @@ _FIELD = re.compile(  # one field (name, and a scalar value when it has one), a 
     _SKIP + rf"(?:(?P<key>{_IDENT}){_SKIP}(?P<colon>:)?{_SKIP}(?:(?P<open>[{{<])|(?P<list>\[)"
     rf"|(?:(?P<string>{_STRING})(?P<more>(?:{_SKIP}(?:{_STRING}))++)?|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))"
     rf"(?:{_SKIP}(?P<sep>[;,]))?)?|(?P<close>[}}>])(?:{_SKIP}(?P<csep>[;,]))?|(?P<eof>\Z))")
-_STRING_RE = re.compile(_STRING)
 _VALUE = re.compile(_SKIP + rf"(?:(?P<string>{_STRING})|(?P<number>{_NUMBER})|(?P<ident>[-+]?{_IDENT}))")
 _NEXT_STRING = re.compile(_SKIP + rf"(?P<string>{_STRING})")
 _PUNCT = re.compile(_SKIP + r"(?P<p>[\[\],;])")
@@ -380,9 +391,12 @@ class _Parser:
                     positions[len(fields)] = m.start("key")
                 if string is not None:
                     value = string[1:-1] if "\\" not in string else _unquote(string, src, m.start("string"))
-                    if more is not None:
-                        for n in _STRING_RE.finditer(more):
-                            value += _unquote(n.group(), src, m.start("more") + n.start())
+                    if more is not None:  # string by string: a comment between them may hold quotes
+                        at, stop = m.start("more"), m.end("more")
+                        while at < stop:
+                            n = _NEXT_STRING.match(text, at)
+                            value += _unquote(n.group("string"), src, n.start("string"))
+                            at = n.end()
                     held = strings.get(value)
                     if held is None:
                         if len(strings) > 4096:  # a window of recent values, not every value
@@ -504,11 +518,22 @@ def loads(text, file=None):
     enabled = gc.isenabled()
     gc.disable()  # the tree has no cycles; collections while it grows would revisit it again and again
     try:
-        msg, _ = _Parser(_Source(text, file)).parse()
+        src = _Source(text, file)
+        msg = _parse_fast(text, src)
+        if msg is None:  # an error, or something the C reader leaves to the specification
+            msg, _ = _Parser(src).parse()
     finally:
         if enabled:
             gc.enable()
     return msg
+
+
+def _parse_fast(text, src):
+    """The tree `_Parser(src).parse()` gives, from the C extension, or None (not built, or the
+    text is one `_Parser` must parse)."""
+    if _prototxt_fast is None:
+        return None
+    return _prototxt_fast.parse(text, src, src.file, Message, Enum, MAX_DEPTH)
 
 
 def load(path):
