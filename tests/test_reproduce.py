@@ -57,6 +57,19 @@ def test_every_stage_improves_on_its_initialisation(tiny_run):
     assert res["scratch"]["metrics"]["mean_iu"] >= res["scratch"]["initial"]["mean_iu"]
 
 
+def test_every_run_ends_at_a_tenth_of_its_lr(tiny_run):
+    """Caffe's step policy at cfg.lr_drop_at of each run's own iterations: base_lr before, a tenth after."""
+    out, summary, _ = tiny_run
+    cfg = summary["config"]
+    assert 0 < cfg["lr_drop_at"] < 1
+    for key in summary["results"]:
+        records = [json.loads(l) for l in (out / "stages" / key / "log.jsonl").read_text().splitlines()]
+        steps = [x for x in records if "lr" in x]
+        assert len(steps) >= 2, key
+        assert math.isclose(steps[0]["lr"], cfg["base_lr"], rel_tol=1e-6), key
+        assert math.isclose(steps[-1]["lr"], 0.1 * cfg["base_lr"], rel_tol=1e-6), key
+
+
 def test_the_run_writes_its_table_figures_and_json(tiny_run):
     out, summary, table = tiny_run
     for row in ("| FCN-32s |", "| FCN-16s |", "| FCN-8s |", "| FCN-8s at once |", "| FCN-32s, trained on |",
