@@ -314,7 +314,7 @@ def checks(rows, mm):
     return "\n".join(out)
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each worker (default: torch's)")
@@ -343,42 +343,27 @@ def main(argv=None):
                         "in DIR (tests/fixtures/caffe-ref/nets)")
     p.add_argument("--json", default=None, help="default bench/bench_net_DEVICE.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    if args.bf16_miou or args.bf16_caffe_ref:
-        from . import precision
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if args.bf16_caffe_ref:
-            rows = precision.caffe_ref(args.bf16_caffe_ref)
-            print(precision.caffe_ref_report(rows))
-        if args.bf16_miou:
-            result = precision.bf16_miou(args.bf16_miou, limit=args.limit)
-            print(precision.report(result))
-        if args.json:
-            write_json(args.json, dict(weights=args.bf16_miou, miou=result if args.bf16_miou else None,
-                                       caffe_ref=rows if args.bf16_caffe_ref else None))
-        return
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    if args.device == "cuda":
-        args.paths = [q for q in args.paths if q in ("plain", "fast")]
-    if args.quick:
-        args.nets, args.batch, args.train_batch = ["voc-fcn8s"], [1], [1]
-    cv_problem = opencv.problem() if "opencv" in args.paths else None
-    if cv_problem:
-        print(f"no OpenCV rows: {cv_problem}", file=sys.stderr)
-        args.paths = [q for q in args.paths if q != "opencv"]
+    return p
+
+
+def precision_only(args):
+    """--bf16-miou / --bf16-caffe-ref: bfloat16's accuracy cost, no timing."""
+    from . import precision
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-    load = os.getloadavg()[0]
-    started = time.time()
-    mm_before = mm_rate(args.device)
-    print(f"torch.mm 4096^2: {mm_before / 1e9:.0f} GFLOP/s", file=sys.stderr)
+    if args.bf16_caffe_ref:
+        rows = precision.caffe_ref(args.bf16_caffe_ref)
+        print(precision.caffe_ref_report(rows))
+    if args.bf16_miou:
+        result = precision.bf16_miou(args.bf16_miou, limit=args.limit)
+        print(precision.report(result))
+    if args.json:
+        write_json(args.json, dict(weights=args.bf16_miou, miou=result if args.bf16_miou else None,
+                                   caffe_ref=rows if args.bf16_caffe_ref else None))
+
+
+def measure(args):
+    """Every configuration, each in a fresh process: the timing rows, then the throughput stream."""
     rows = []
     for net in args.nets:
         for pss in args.passes:
@@ -402,6 +387,36 @@ def main(argv=None):
                            seed=args.stream_seed, width_divisor=args.width_divisor))
             stream.append(r)
             print(f"  stream of {args.stream} on {args.nets[0]} {path}: {r['images_s']:.3f} images/s", file=sys.stderr)
+    return rows, stream
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.bf16_miou or args.bf16_caffe_ref:
+        precision_only(args)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    if args.device == "cuda":
+        args.paths = [q for q in args.paths if q in ("plain", "fast")]
+    if args.quick:
+        args.nets, args.batch, args.train_batch = ["voc-fcn8s"], [1], [1]
+    cv_problem = opencv.problem() if "opencv" in args.paths else None
+    if cv_problem:
+        print(f"no OpenCV rows: {cv_problem}", file=sys.stderr)
+        args.paths = [q for q in args.paths if q != "opencv"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    load = os.getloadavg()[0]
+    started = time.time()
+    mm_before = mm_rate(args.device)
+    print(f"torch.mm 4096^2: {mm_before / 1e9:.0f} GFLOP/s", file=sys.stderr)
+    rows, stream = measure(args)
     mm_after = mm_rate(args.device)
     mm = max([mm_before, mm_after] + [r["mm_flops"] for r in rows])
     table = markdown(rows, mm)
