@@ -24,8 +24,9 @@ CHANNELS_LAST_MAX_CHANNELS = 128
 
 def wants_grad(x, *params):
     """Whether this is a CPU forward that autograd records (training). The paths here were chosen
-    by measuring CPUs; other devices keep the plain forward."""
-    return (x.device.type == "cpu" and torch.is_grad_enabled()
+    by measuring CPUs; other devices, and graphs being traced (torch.export, torch.compile: a
+    program must not keep this path's out= GEMMs), keep the plain forward."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and any(t is not None and t.requires_grad for t in (x,) + params))
 
 
