@@ -4,6 +4,7 @@ inference forward untouched, and the heap policy (heap.py) in a fresh process.""
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -159,7 +160,7 @@ STEPS = textwrap.dedent("""
     solver = cls(net, base_lr=1e-6, lr_policy="fixed", momentum=0.9)
     data, label = torch.randn(1, 3, 400, 400), torch.randint(0, 2, (1, 1, 400, 400)).float()
     faults = []
-    for _ in range(3):
+    for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         solver.step(data=data, label=label)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -175,13 +176,16 @@ def _step_faults(mode):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's")
 def test_training_iterations_reuse_their_memory():
-    """In fresh processes: the solver's third step faults in almost no new pages, where glibc's
-    default heap (mmap for large blocks, unmapped on free) faults the 41 MB blobs in every step."""
-    default = _step_faults("default")
-    if default[2] < 5000:
-        pytest.skip(f"this kernel faulted only {default[2]} pages per step without the policy (huge pages?)")
+    """In fresh processes, eight solver steps: once the heap has reached its high-water mark (the
+    first steps may still grow it by a blob, depending on where blocks land), a step faults in
+    almost no new pages, where glibc's default heap (mmap for large blocks, unmapped on free)
+    faults the 41 MB blobs in every step. Medians over the last five steps, so that one late
+    growth of the heap does not decide the outcome."""
+    default = statistics.median(_step_faults("default")[3:])
+    if default < 5000:
+        pytest.skip(f"this kernel faulted only {default} pages per step without the policy (huge pages?)")
     kept = _step_faults("kept")
-    assert kept[2] < default[2] / 10, (kept, default)
+    assert statistics.median(kept[3:]) < default / 10, (kept, default)
 
 
 def test_solver_keeps_freed_memory():
