@@ -7,7 +7,8 @@ import stat
 
 from .errors import CaffeError
 
-__all__ = ["atomic_write", "atomic_dir", "write_json", "check_not_source", "open_regular", "remove_stale"]
+__all__ = ["atomic_write", "atomic_dir", "write_json", "check_not_source", "open_regular", "remove_stale",
+           "fsync_dir"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -72,7 +73,8 @@ def remove_stale(folder):
     return removed
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
+    """Make the renames in `folder` durable (best effort: some file systems refuse)."""
     with contextlib.suppress(OSError):  # make a rename durable
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -101,7 +103,7 @@ def atomic_write(path, sources=()):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 @contextlib.contextmanager
@@ -122,13 +124,13 @@ def atomic_dir(path):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if os.path.lexists(path):
             old = _tmp_name(path)
             os.rename(path, old)
         os.rename(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

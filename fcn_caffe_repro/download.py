@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .atomic import fsync_dir
 from .errors import CaffeError
 
 
@@ -83,4 +84,5 @@ def fetch(url, dest, sha1=None, timeout=60, chunk=1 << 20, progress=None):
     with open(part, "rb") as f:
         os.fsync(f.fileno())
     os.replace(part, dest)
+    fsync_dir(dest.parent)
     return dest

@@ -120,7 +120,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(kind, name, place, capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["convert", "upgrade", "infer"])
+@pytest.mark.parametrize("name", ["convert", "upgrade", "infer", "export"])
 def test_output_that_is_an_input_gives_one_line(name, tmp_path, capsys):
     """A writer refuses to replace its input (issue16's same-file guard) with one line, exit 1,
     before any work; the input is untouched."""
@@ -132,6 +132,10 @@ def test_output_that_is_an_input_gives_one_line(name, tmp_path, capsys):
         src = tmp_path / "net.prototxt"
         src.write_text((NET / "net.prototxt").read_text())
         argv = [str(src), str(tmp_path / "." / "net.prototxt")]
+    elif name == "export":
+        src = tmp_path / "w.caffemodel"
+        src.write_bytes((NET / "weights.caffemodel").read_bytes())
+        argv = ["--prototxt", str(NET / "net.prototxt"), "--weights", str(src), "-o", str(src)]
     else:
         src = tmp_path / "photo.png"
         Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(src)

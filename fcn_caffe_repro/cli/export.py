@@ -14,6 +14,7 @@ cv2.dnn.readNetFromONNX (at a fixed size).
 from pathlib import Path
 
 from .. import export
+from ..atomic import check_not_source
 from ..net import CaffeNet
 from ..nets import build_net
 from .common import UsageError, parser, run_main, weights_path
@@ -51,6 +52,7 @@ def run(args):
         net = CaffeNet.from_prototxt(args.prototxt, weights=args.weights)
     name = args.net or args.prototxt.stem
     output = args.output or Path(f"{name}.{'onnx' if args.format == 'onnx' else 'pt2'}")
+    check_not_source(output, [args.weights, args.prototxt])
     inputs = export.export(net.eval(), output, args.format, args.height, args.width, args.dynamic)
     size = "free height and width" if args.dynamic else "x".join(map(str, inputs[0].shape))
     print(f"wrote {output} ({args.format}, {size}; inputs {', '.join(net.inputs)}, outputs {', '.join(net.outputs)})")
