@@ -150,16 +150,19 @@ def training_curves(logs):
 
     fig = Figure(figsize=(10, 3.6))
     loss_ax, iu_ax = fig.subplots(1, 2)
-    for name, records in logs.items():
+    for k, (name, records) in enumerate(logs.items()):
+        colour = f"C{k % 10}"  # one colour per run in both panels (a run may lack validations)
         steps = [(r["iter"], r["smoothed_loss"]) for r in records if "smoothed_loss" in r]
         vals = [(r["iter"], 100 * next(iter(r["results"].values()))["mean_iu"]) for r in records
                 if r.get("event") == "val"]
         if steps:
-            loss_ax.plot(*zip(*steps), label=name)
+            loss_ax.plot(*zip(*steps), color=colour, label=name)
         if vals:
-            iu_ax.plot(*zip(*vals), marker="o", markersize=3, label=name)
+            iu_ax.plot(*zip(*vals), color=colour, marker="o", markersize=3, label=name)
     loss_ax.set(xlabel="iteration of the run", ylabel="training loss (smoothed)", yscale="log")
     iu_ax.set(xlabel="iteration of the run", ylabel="validation mean IU (%)", ylim=(0, 100))
-    iu_ax.legend(fontsize=8)
+    for ax in (loss_ax, iu_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

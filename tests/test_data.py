@@ -407,3 +407,25 @@ def test_synthetic_shapes_classes_are_the_segmentation_families():
     assert image.shape == (3, 224, 224) and k.dim() == 0
     assert sorted({int(shapes[i][1]) for i in range(40)}) == [0, 1, 2, 3, 4]
     assert torch.equal(shapes[3][0], image) and len(fcr.data.synthetic.SyntheticShapes(n=10 ** 12)) == 10 ** 12
+
+
+def test_synthetic_shapes_are_object_centric_at_the_worlds_pixel_scale():
+    """As ILSVRC's photos: one object near the centre (its pixels' centroid within the middle
+    third), as large in pixels as the same family in the 128-pixel segmentation world."""
+    from fcn_caffe_repro.data.synthetic import SyntheticShapes, _World
+
+    shapes = SyntheticShapes(seed=5, n=30, num_classes=5)
+    world = _World(128, 5)
+    for i in range(len(shapes)):
+        rng = np.random.default_rng([shapes.seed, i])
+        shapes.world.background(rng)
+        k = int(rng.integers(0, 5))
+        mask = shapes.world.paint(np.zeros((224, 224, 3), np.float32), rng, k, shapes.centre)
+        assert k == int(shapes[i][1])
+        ys, xs = np.nonzero(mask)
+        assert 224 / 3 < ys.mean() < 2 * 224 / 3 and 224 / 3 < xs.mean() < 2 * 224 / 3
+        seg_rng = np.random.default_rng([shapes.seed, i])
+        world.background(seg_rng)
+        seg_rng.integers(0, 5)
+        seg = world.paint(np.zeros((128, 128, 3), np.float32), seg_rng, k, shapes.centre)
+        assert mask.sum() == pytest.approx(seg.sum(), rel=0.1)  # the same draw, the same pixel size

@@ -265,3 +265,15 @@ def test_infer_refuses_to_write_over_its_input_images(tmp_path, voc8, capsys):
     with pytest.raises(fcr.CaffeError, match="the output is the input"):
         tool("infer").main(VOC8 + [str(folder), "--out-dir", str(folder), "--device", "cpu", "--verbose"])
     assert (folder / "a.png").read_bytes() == before and sorted(os.listdir(folder)) == ["a.png"]
+
+
+def test_training_curves_give_a_run_one_colour_in_both_panels():
+    """A run without validations (a short stage) must not shift the colours of the runs after it."""
+    logs = {"short": [{"iter": 20, "smoothed_loss": 3.0}, {"iter": 40, "smoothed_loss": 2.0}],
+            "long": [{"iter": 20, "smoothed_loss": 5.0},
+                     {"event": "val", "iter": 20, "results": {"label": {"mean_iu": 0.5}}}]}
+    loss_ax, iu_ax = visualize.training_curves(logs).axes
+    loss_colours = {line.get_label(): line.get_color() for line in loss_ax.get_lines()}
+    iu_colours = {line.get_label(): line.get_color() for line in iu_ax.get_lines()}
+    assert set(iu_colours) == {"long"} and iu_colours["long"] == loss_colours["long"] != loss_colours["short"]
+    assert {t.get_text() for t in loss_ax.get_legend().get_texts()} == {"short", "long"}

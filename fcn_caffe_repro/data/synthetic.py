@@ -8,7 +8,8 @@ cell, upsampled bilinearly) is about 50 / 70 / 90 mean IU at strides 32 / 16 / 8
 point, in miniature. Sizes are in pixels at 128×128 and scale with the shorter side.
 
 `Synthetic` gives segmentation pairs; `SyntheticShapes` gives classification pairs from the same
-world (one family per image, at the 224×224 of an ILSVRC classifier): the stand-in for ImageNet.
+world (one object per image, centred, at the 224×224 of an ILSVRC classifier): the stand-in for
+ImageNet.
 Image (seed, index) is the same on every call.
 """
 import colorsys
@@ -37,10 +38,11 @@ def _rotated(yy, xx, cy, cx, angle):
     return (yy - cy) * c - (xx - cx) * s, (yy - cy) * s + (xx - cx) * c
 
 
-def shape_mask(family, rng, yy, xx, scale=1.0):
-    """Boolean mask of one object of a family; `scale` multiplies the sizes given for 128 px."""
+def shape_mask(family, rng, yy, xx, scale=1.0, centre=(0.1, 0.9)):
+    """Boolean mask of one object of a family; `scale` multiplies the sizes given for 128 px, the
+    centre lies in the `centre` range of each side (fractions)."""
     h, w = yy.shape
-    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    cy, cx = rng.uniform(*centre) * h, rng.uniform(*centre) * w
     if family == "disc":
         u, v = _rotated(yy, xx, cy, cx, rng.uniform(0, np.pi))
         a, b = rng.uniform(22, 40, 2) * scale
@@ -98,9 +100,9 @@ class _World:
         lum += my @ rng.uniform(-30, 30, (5, 5)).astype(np.float32) @ mx.T
         return base.astype(np.float32)[None, None, :] + lum[:, :, None]
 
-    def paint(self, img, rng, k):
+    def paint(self, img, rng, k, centre=(0.1, 0.9)):
         """Draw one object of family index k (0-based) into img; returns its mask."""
-        mask = shape_mask(FAMILIES[k % len(FAMILIES)], rng, self.yy, self.xx, self.scale)
+        mask = shape_mask(FAMILIES[k % len(FAMILIES)], rng, self.yy, self.xx, self.scale, centre)
         hue = (self.hues[k] + rng.uniform(-0.02, 0.02)) % 1.0
         img[mask] = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))) * 255
         return mask
@@ -172,15 +174,21 @@ class Synthetic(SegDataset):
 
 
 class SyntheticShapes(SegDataset):
-    """``ds[i] -> (image, class)``: one to three objects of one family on a background, the class
-    being that family (0-based); the classification task a stand-in ILSVRC classifier learns.
-    Objects scale with the image like every size of the world (1.75× at 224 px)."""
+    """``ds[i] -> (image, class)``: one object near the centre of a textured background, the class
+    being its family (0-based); the classification task a stand-in ILSVRC classifier learns.
 
-    def __init__(self, seed=0, n=1000, size=224, num_classes=5, mean=VOC_MEAN, objects=(1, 3)):
+    Object-centric, as ILSVRC's photos are: the object's centre lies in the `centre` range of each
+    side (default the middle fifth), so that the classifier's fc6 learns what lies at the centre
+    of its 224-pixel window, which is what lets its convolutionalised fc7 place objects in FCN-32s.
+    Objects have the pixel sizes of the 128-pixel segmentation world (`scale` 1), whatever the
+    image size."""
+
+    def __init__(self, seed=0, n=1000, size=224, num_classes=5, mean=VOC_MEAN, centre=(0.4, 0.6), scale=1.0):
         if num_classes < 2 or num_classes > 255:
             raise ValueError(f"num_classes must lie in [2, 255], got {num_classes}")
-        self.seed, self.n, self.mean, self.objects = int(seed), int(n), tuple(mean), tuple(objects)
+        self.seed, self.n, self.mean, self.centre = int(seed), int(n), tuple(mean), tuple(centre)
         self.world = _World(size, num_classes)
+        self.world.scale = float(scale)
         self.size = self.world.size
         super().__init__(_Ids(f"shapes-{self.seed}", self.n), {"label": _class_names(num_classes)})
 
@@ -189,8 +197,7 @@ class SyntheticShapes(SegDataset):
         rng = np.random.default_rng([self.seed, _check_index(i, self.n)])
         img = self.world.background(rng)
         k = int(rng.integers(0, self.num_classes))
-        for _ in range(rng.integers(self.objects[0], self.objects[1] + 1)):
-            self.world.paint(img, rng, k)
+        self.world.paint(img, rng, k, self.centre)
         return self.world.finish(img, rng), k
 
     def __getitem__(self, i):
