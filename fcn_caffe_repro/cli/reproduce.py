@@ -5,7 +5,7 @@ IU, figures and results.json in out/reproduce/.
 
     fcn reproduce                       # synthetic, about 6 minutes on 2 CPU cores
     fcn reproduce --seed 7              # another world and another image order
-    fcn reproduce --pretrain            # retrain the shipped classifier (about 10 minutes)
+    fcn reproduce --pretrain            # retrain the shipped classifier (about 8 minutes)
     fcn reproduce --quick               # a smoke run of a few iterations
     fcn reproduce --dataset voc --root ~/data/VOC2011 \\
         --weights voc-fcn32s=fcn32s-heavy-pascal --weights voc-fcn8s=fcn8s-heavy-pascal.caffemodel
