@@ -71,7 +71,8 @@ class Config:
     # Caffe's "step" policy, lr x0.1 from this fraction of each run's iterations (0: fixed lr, as
     # the release). One-image batches at a fixed lr leave the last iterate noisy: FCN-8s at once
     # scored 71.3 after 3000 iterations and 65.2 after 3500 at a fixed lr, 75.3 after 3500 with
-    # the drop (with a classifier of uncentred objects, seed 1337); FCN-32s 39.5 with the drop at 60 %.
+    # the drop (with a classifier of uncentred objects, seed 1337); FCN-32s after 1000: 39.5 with
+    # the drop at 60 %.
     lr_drop_at: float = 0.8
     val_images: int = 100
     val_every: int = 500
