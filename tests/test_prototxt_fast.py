@@ -3,6 +3,9 @@ parser (`prototxt._Parser`): the same tree, value types and Message slots includ
 answers; where it declines, the Python parser's tree or error, unchanged."""
 import gc
 import math
+import os
+import subprocess
+import sys
 import tracemalloc
 import unicodedata
 from pathlib import Path
@@ -117,6 +120,20 @@ def test_large_tables_and_the_string_window():
     text = " ".join(f"k{i}: E{i % 3000} s: \"v{i % 5000}\"" for i in range(12_000))
     fast = check(text)
     assert fast is not None and len(fast.fields) == 24_000
+
+
+def test_growing_tables_leave_no_dangling_reads():
+    """Under Python's debug allocator (freed memory overwritten at once) the keys and enum values
+    that make the tables grow come out right: a read through a slot of the table before it grew
+    crashes there (CI saw such a segfault only when freed memory happened to be reused)."""
+    code = ("from fcn_caffe_repro.caffe import prototxt\n"
+            "m = prototxt.loads(' '.join(f'k{i}: E{i}' for i in range(3000)))\n"
+            "assert [k for k, _ in m.fields] == [f'k{i}' for i in range(3000)]\n"
+            "assert [v for _, v in m.fields] == [f'E{i}' for i in range(3000)]\n"
+            "assert prototxt.FAST_PATH\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONMALLOC": "debug", "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
 
 
 def test_keys_and_enum_values_are_held_once():

@@ -84,7 +84,10 @@ static int table_put(Table *t, Entry *e, PyObject *key, PyObject *value, uint64_
     size_t old_cap = t->cap;
     Entry *old = t->slots;
     Entry *slots = PyMem_Calloc(old_cap * 2, sizeof(Entry));
-    if (slots == NULL) return -1; /* the table stays valid, over half full */
+    if (slots == NULL) { /* the table stays valid, over half full */
+        PyErr_NoMemory();
+        return -1;
+    }
     t->slots = slots;
     t->cap = old_cap * 2;
     for (size_t i = 0; i < old_cap; i++) {
@@ -280,7 +283,7 @@ static PyObject *intern_ident(Parser *p, Table *t, Py_ssize_t a, Py_ssize_t b, i
     }
     Py_DECREF(key);
     Py_DECREF(value);
-    return e->value;
+    return value; /* the table holds it; not e->value: growing the table freed the slot e */
 }
 
 /* _STRING from the quote at i: the index after the closing quote, or -1 (no valid string here);
