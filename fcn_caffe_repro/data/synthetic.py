@@ -23,6 +23,7 @@ from .voc import VOC_MEAN
 FAMILIES = ("disc", "box", "blob", "bar", "ring")
 THIN = ("bar", "ring")
 REFERENCE_SIDE = 128.0  # the shorter side at which the sizes below are given
+ANYWHERE = (0.1, 0.9)  # the range of an object's centre, as fractions of each side
 
 
 def _segment(yy, xx, y0, x0, y1, x1, width):
@@ -38,7 +39,7 @@ def _rotated(yy, xx, cy, cx, angle):
     return (yy - cy) * c - (xx - cx) * s, (yy - cy) * s + (xx - cx) * c
 
 
-def shape_mask(family, rng, yy, xx, scale=1.0, centre=(0.1, 0.9)):
+def shape_mask(family, rng, yy, xx, scale=1.0, centre=ANYWHERE):
     """Boolean mask of one object of a family; `scale` multiplies the sizes given for 128 px, the
     centre lies in the `centre` range of each side (fractions)."""
     h, w = yy.shape
@@ -78,12 +79,13 @@ def _interp_matrix(n, k):
 class _World:
     """Backgrounds and coloured objects of the world at one image size."""
 
-    def __init__(self, size, num_families):
+    def __init__(self, size, num_families, scale=None):
+        """`scale` multiplies the object sizes given for 128 px; None: the shorter side / 128."""
         self.size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
         if min(self.size) < 16:
             raise ValueError(f"size must be at least 16 pixels, got {self.size}")
         h, w = self.size
-        self.scale = min(self.size) / REFERENCE_SIDE
+        self.scale = min(self.size) / REFERENCE_SIDE if scale is None else float(scale)
         self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32)
         self.blot = (_interp_matrix(h, 5), _interp_matrix(w, 5))
         self.hues = [k / num_families for k in range(num_families)]
@@ -100,7 +102,7 @@ class _World:
         lum += my @ rng.uniform(-30, 30, (5, 5)).astype(np.float32) @ mx.T
         return base.astype(np.float32)[None, None, :] + lum[:, :, None]
 
-    def paint(self, img, rng, k, centre=(0.1, 0.9)):
+    def paint(self, img, rng, k, centre=ANYWHERE):
         """Draw one object of family index k (0-based) into img; returns its mask."""
         mask = shape_mask(FAMILIES[k % len(FAMILIES)], rng, self.yy, self.xx, self.scale, centre)
         hue = (self.hues[k] + rng.uniform(-0.02, 0.02)) % 1.0
@@ -187,8 +189,7 @@ class SyntheticShapes(SegDataset):
         if num_classes < 2 or num_classes > 255:
             raise ValueError(f"num_classes must lie in [2, 255], got {num_classes}")
         self.seed, self.n, self.mean, self.centre = int(seed), int(n), tuple(mean), tuple(centre)
-        self.world = _World(size, num_classes)
-        self.world.scale = float(scale)
+        self.world = _World(size, num_classes, scale)
         self.size = self.world.size
         super().__init__(_Ids(f"shapes-{self.seed}", self.n), {"label": _class_names(num_classes)})
 
