@@ -8,9 +8,10 @@ import stat
 from .errors import CaffeError
 
 __all__ = ["atomic_write", "atomic_dir", "write_json", "check_not_source", "open_regular", "remove_stale",
-           "fsync_dir"]
+           "recover_aside", "fsync_dir"]
 
 TMP_SUFFIX = ".tmp"
+ASIDE_SUFFIX = ".replaced"  # .NAME.replaced: folder NAME moved aside while atomic_dir replaces it
 
 
 def check_not_source(out, sources):
@@ -64,11 +65,7 @@ def remove_stale(folder):
         for name in os.listdir(folder):
             if name.startswith(".") and name.endswith(TMP_SUFFIX):
                 p = os.path.join(folder, name)
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p)
+                _remove(p)
                 removed.append(p)
     return removed
 
@@ -109,33 +106,81 @@ def atomic_write(path, sources=()):
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yields a fresh temporary folder beside `path`; on success its files are fsynced and the
-    folder is renamed to `path` in one step (an existing `path` is moved aside first and removed
-    after), so readers see no folder or a complete one. On error the temporary is removed."""
+    folder is renamed to `path` in one step (replacing an existing `path`: _replace_dir), so
+    readers see no folder or a complete one. On error the temporary is removed."""
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _tmp_name(path)
     os.mkdir(tmp)
     try:
         yield tmp
-        for name in os.listdir(tmp):
-            fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(tmp)
-        old = None
-        if os.path.lexists(path):
-            old = _tmp_name(path)
-            os.rename(path, old)
-        os.rename(tmp, path)
-        fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_files(tmp)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_files(folder):
+    for name in os.listdir(folder):
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(folder)
+
+
+def _aside_name(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{ASIDE_SUFFIX}")
+
+
+def _replace_dir(tmp, path):
+    """Rename folder `tmp` to `path` with a complete folder of that name on disk at every step,
+    in place or aside: an existing `path` is first renamed to .NAME.replaced (recover_aside puts
+    it back when the writer is killed before the new one is in place) and removed only once the
+    new one is there."""
+    aside = _aside_name(path)
+    if os.path.lexists(path):
+        _remove(aside)  # an older replace's, left after its new folder was in place
+        os.rename(path, aside)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(aside) and not os.path.lexists(path):
+            os.rename(aside, path)
+        raise
+    fsync_dir(os.path.dirname(path))
+    _remove(aside)
+
+
+def _remove(path):
+    """Remove a file or folder (a link as a file); nothing when there is none."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def recover_aside(folder):
+    """Settle the folders a killed atomic_dir left moved aside in `folder` (.NAME.replaced): put
+    back where NAME is missing (the replacement never arrived), removed where NAME is there.
+    Returns the paths put back."""
+    put_back = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(folder):
+            if not (entry.startswith(".") and entry.endswith(ASIDE_SUFFIX)):
+                continue
+            aside, target = os.path.join(folder, entry), os.path.join(folder, entry[1:-len(ASIDE_SUFFIX)])
+            if os.path.lexists(target):
+                _remove(aside)
+            else:
+                os.rename(aside, target)
+                put_back.append(target)
+    if put_back:
+        fsync_dir(folder)
+    return put_back
 
 
 def write_json(path, obj, **dumps_options):

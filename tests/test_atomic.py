@@ -72,3 +72,14 @@ def test_remove_stale_takes_only_temporaries(tmp_path):
     (tmp_path / "keep.caffemodel").write_bytes(b"")
     removed = atomic.remove_stale(tmp_path)
     assert len(removed) == 2 and sorted(os.listdir(tmp_path)) == ["keep.caffemodel", "keep.tmp"]
+
+
+def test_recover_aside_puts_back_a_folder_whose_replacement_never_arrived(tmp_path):
+    (tmp_path / ".lost.replaced").mkdir()  # killed between moving `lost` aside and renaming the new one in
+    (tmp_path / ".lost.replaced" / "a").write_bytes(b"old")
+    (tmp_path / ".done.replaced").mkdir()  # killed after the new `done` was in place
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "a").write_bytes(b"new")
+    assert atomic.recover_aside(tmp_path) == [str(tmp_path / "lost")]
+    assert sorted(os.listdir(tmp_path)) == ["done", "lost"]
+    assert (tmp_path / "lost" / "a").read_bytes() == b"old" and (tmp_path / "done" / "a").read_bytes() == b"new"

@@ -94,17 +94,14 @@ def _die_at_step(k):
     training.Trainer.snapshot = snapshot
 
 
-def _killed_run(folder, k):
-    """Resume the run in `folder` (snapshot at 2) and train to 4, killed at step k of the snapshot
-    at 4; the exit status of that process."""
+def _killed_run(folder, k, work):
+    """`work(folder)` in a forked process killed at step k of a snapshot; the exit status."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             _die_at_step(k)
-            t = trainer(folder, 4, snapshot_every=2)
-            t.resume()
-            t.run()
+            work(folder)
             code = 0
         finally:
             os._exit(code)
@@ -113,39 +110,81 @@ def _killed_run(folder, k):
 
 def _leftovers(folder):
     snaps = folder / "snapshots"
-    tmp = [p.name for p in snaps.iterdir() if p.name.endswith(".tmp")]
+    tmp = [p.name for p in snaps.iterdir() if p.name.startswith(".")]
     tmp += [f"{p.name}/{q.name}" for p in snaps.iterdir() if p.is_dir() for q in p.iterdir() if q.name.endswith(".tmp")]
     return tmp
 
 
-def test_kill_at_every_write_step_of_a_snapshot(tmp_path):
+def _kill_at_every_step(tmp_path, base, work, observe):
+    """For k = 1, 2, ...: a copy of the run `base`, `work` on it killed at write step k of its
+    snapshot, then a resume, which must leave no temporary and units of exactly their two files,
+    and training on to 6, which must give the weights of a run never stopped. Stops after the
+    first `work` that was not killed (every step was reached). Returns, per k, (`observe(run)`
+    after the resume, the iteration resumed at)."""
     straight = trainer(tmp_path / "straight", 6, snapshot_every=2)
     straight.run()
     expected = weights(straight.solver.net)
-    base = tmp_path / "base"
-    trainer(base, 2, snapshot_every=2).run()
     outcomes = []
     for k in range(1, 1000):
         run = tmp_path / f"k{k}"
         shutil.copytree(base, run)
-        status = _killed_run(run, k)
+        status = _killed_run(run, k, work)
         assert status in (KILLED, 0), status
         t = trainer(run, 6, snapshot_every=2)
         assert t.resume()
         assert _leftovers(run) == [], k
-        unit4 = (run / "snapshots" / "train_iter_4").is_dir()
-        assert t.solver.iter == (4 if unit4 else 2), k
+        for unit in (run / "snapshots").iterdir():
+            assert sorted(p.name for p in unit.iterdir()) == [f"{unit.name}.caffemodel", f"{unit.name}.solverstate.pt"]
+        outcomes.append((observe(run), t.solver.iter))
         t.run()
         got = weights(t.solver.net)
         assert all(torch.equal(w, got[n]) for n, w in expected.items()), k
-        for unit in (run / "snapshots").iterdir():
-            assert sorted(p.name for p in unit.iterdir()) == [f"{unit.name}.caffemodel", f"{unit.name}.solverstate.pt"]
-        outcomes.append(unit4)
         shutil.rmtree(run)
         if status == 0:
             break
     assert status == 0 and len(outcomes) > 5  # every step was reached, then a run that was not killed
-    assert outcomes == sorted(outcomes) and not outcomes[0] and outcomes[-1]  # complete from the rename on
+    return outcomes
+
+
+def _train_on_to_4(folder):
+    t = trainer(folder, 4, snapshot_every=2)
+    t.resume()
+    t.run()
+
+
+def test_kill_at_every_write_step_of_a_snapshot(tmp_path):
+    base = tmp_path / "base"
+    trainer(base, 2, snapshot_every=2).run()
+    outcomes = _kill_at_every_step(tmp_path, base, _train_on_to_4,
+                                   lambda run: (run / "snapshots" / "train_iter_4").is_dir())
+    assert all(it == (4 if unit4 else 2) for unit4, it in outcomes)
+    unit4 = [u for u, _ in outcomes]
+    assert unit4 == sorted(unit4) and not unit4[0] and unit4[-1]  # complete from the rename on
+
+
+def _stop_at_resume(folder):
+    """Resume at 4 and stop (Ctrl-C) before the first iteration: the unit of 4 is written again."""
+    t = trainer(folder, 6, snapshot_every=2)
+    t.resume()
+    t._on_sigint()
+    t.run()
+
+
+def _written_again(run):
+    """Whether the unit of 4 in `run` is a new one (the old one's time was set to the epoch);
+    None when there is no unit of 4."""
+    state = run / "snapshots" / "train_iter_4" / "train_iter_4.solverstate.pt"
+    return os.stat(state).st_mtime > 0 if state.exists() else None
+
+
+def test_kill_at_every_write_step_of_a_snapshot_that_replaces_one(tmp_path):
+    base = tmp_path / "base"
+    trainer(base, 4, snapshot_every=2).run()
+    os.utime(base / "snapshots" / "train_iter_4" / "train_iter_4.solverstate.pt", (0, 0))  # copytree keeps it
+    outcomes = _kill_at_every_step(tmp_path, base, _stop_at_resume, _written_again)
+    assert [it for _, it in outcomes] == [4] * len(outcomes), outcomes  # a complete unit of 4 at every step
+    again = [w for w, _ in outcomes]
+    assert again == sorted(again) and not again[0] and again[-1]  # written again, not kept
 
 
 def test_damaged_newest_snapshot_is_skipped_with_a_warning(tmp_path):

@@ -4,15 +4,16 @@ Written atomically; read with weights_only loading and checked before anything i
 
 A training run's snapshot is one unit, a folder NAME/ holding NAME.solverstate.pt and
 NAME.caffemodel, built under a temporary name and renamed into place (atomic.atomic_dir): a killed
-run leaves complete units and temporaries, which `restore_latest` removes before it restores the
-newest unit that loads, saying so when it had to skip a newer one."""
+run leaves complete units, temporaries, and a unit it was replacing moved aside; `restore_latest`
+puts that one back and removes the temporaries before it restores the newest unit that loads,
+saying so when it had to skip a newer one."""
 import os
 import re
 import warnings
 
 import torch
 
-from ..atomic import atomic_dir, atomic_write, open_regular, remove_stale
+from ..atomic import atomic_dir, atomic_write, open_regular, recover_aside, remove_stale
 from ..distributed import barrier, gather_to_root, is_root, rank_and_world
 from ..errors import CaffeError
 from .rng import rng_state, set_rng_state
@@ -139,7 +140,13 @@ UNIT_RE = re.compile(r"_iter_(\d+)$")
 def save_unit(solver, folder, name):
     """Snapshot `solver` as the unit folder/name/ (solver state + .caffemodel), all or nothing.
     Every process calls it (the RNG states are gathered); process 0 writes. Returns the path of
-    the unit's solver state."""
+    the unit's solver state.
+
+    An existing unit of that name is replaced, as Caffe writes an iteration's snapshot over the
+    old one: the solver may have reached the iteration again from an older or a skipped
+    (damaged) unit, so the old unit need not hold its state. The old unit stays recoverable
+    until the new one is in place (atomic.atomic_dir), so a run killed meanwhile still resumes
+    at this iteration."""
     state = solver_state(solver)
     final = os.path.join(os.fspath(folder), name)
     if is_root():
@@ -167,10 +174,11 @@ def complete_units(folder):
 
 
 def restore_latest(solver, folder):
-    """Remove the temporaries a killed run left in `folder`, then restore the newest unit that
-    loads (a damaged one is skipped with a warning). Returns (path or None, [(skipped path,
-    reason)]); raises SnapshotError when units exist but none loads."""
+    """Put back a unit a killed run was replacing and remove its temporaries in `folder`, then
+    restore the newest unit that loads (a damaged one is skipped with a warning). Returns (path
+    or None, [(skipped path, reason)]); raises SnapshotError when units exist but none loads."""
     if is_root():
+        recover_aside(folder)
         remove_stale(folder)
     barrier()
     skipped = []
