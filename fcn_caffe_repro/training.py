@@ -12,7 +12,8 @@ and a multi-process run (distributed.py) take exactly the images an uninterrupte
 would; `sample_offset` starts a run further along that sequence (a stage that continues another).
 Snapshots every `snapshot` iterations (solver state + .caffemodel), validation every `val_every`
 iterations with the paper's metrics, a JSON-lines log, and Ctrl-C stops after the current
-iteration with a snapshot, as Caffe's SIGINT action does.
+iteration with a snapshot, as Caffe's SIGINT action does. A training item that fails to load, on
+any process, stops every process with a snapshot of the iteration reached and a DatasetError.
 """
 import json
 import signal
@@ -190,27 +191,87 @@ class Trainer:
                   "results": results})
         return results
 
-    def _data_error(self, error):
-        """Stop on an item that cannot be loaded, with a snapshot of the iteration reached (one
-        process; several cannot agree on one while another is stuck) so the run resumes there."""
-        solver, path = self.solver, None
-        if self.world == 1 and solver.iter > 0:
-            done = self.snapshot_path(solver.iter)
-            path = done if done.is_file() else self.snapshot()
-        detail = f"{type(error).__name__}: {error}".strip().splitlines()[-1]  # a worker's: its last line
-        self.log({"event": "data_error", "iter": solver.iter, "message": detail, "snapshot": str(path) if path else None})
+    def _snapshot_reached(self):
+        """The snapshot of the iteration reached: the unit this run last wrote or resumed from
+        when it is of this iteration, else a new one. Decided from the solver, not the disk, so
+        every process takes the collective save_unit or none does."""
+        done = str(self.snapshot_path(self.solver.iter))
+        return Path(done) if self.solver.last_snapshot == done else self.snapshot()
+
+    def _data_error(self, error, failed):
+        """Stop on an item that could not be loaded on the processes `failed` (ranks; `error`: this
+        process's, or None), every process with the same snapshot of the iteration reached, so the
+        run resumes there."""
+        it = self.solver.iter
+        path = self._snapshot_reached() if it > 0 else None
+        detail = None if error is None else _last_line(f"{type(error).__name__}: {error}")
+        where = {"ranks": failed} if self.world > 1 else {}
+        self.log({"event": "data_error", "iter": it, "message": detail, "snapshot": str(path) if path else None,
+                  **where})
+        raise DatasetError(self._data_error_message(failed, detail, path)) from error
+
+    def _data_error_message(self, failed, detail, path):
+        ranks = "" if self.world == 1 else f" on rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))}"
+        mine = "" if detail is None else f" (rank {self.rank}: {detail})" if len(failed) > 1 else f" ({detail})"
         kept = f"; snapshot {path}" if path else "; no snapshot written"
-        raise DatasetError(f"iteration {solver.iter}: a training item failed to load ({detail}){kept}") from error
+        return f"iteration {self.solver.iter}: a training item failed to load{ranks}{mine}{kept}"
 
     def _on_sigint(self, *_):
         self._stop = True
 
-    def _stopping(self):
-        """Ctrl-C on any process stops all of them after the same iteration."""
-        if self.world > 1:
-            flag = torch.tensor([float(self._stop)], device=self.device)
-            self._stop = bool(distributed.all_reduce_sum(flag).item() > 0)
-        return self._stop
+    def _load(self, loader, n):
+        """(the iteration's n batches, None), or (None, the error of the item that failed: read
+        here or in a loader worker)."""
+        try:
+            return [net_inputs(self.solver.net, self.tops, [next(loader) for _ in range(self.batch)], self.device)
+                    for _ in range(n)], None
+        except Exception as e:
+            return None, e
+
+    def _agree(self, stop, error):
+        """(stop, ranks whose items failed to load) over all processes, in one all_reduce: a Ctrl-C
+        or a bad item on any process stops all of them at the same iteration."""
+        if self.world == 1:
+            return stop, [0] if error is not None else []
+        mine = [float(r == self.rank and error is not None) for r in range(self.world)]
+        flags = distributed.all_reduce_sum(torch.tensor([float(stop)] + mine, device=self.device)).tolist()
+        return flags[0] > 0, [r for r in range(self.world) if flags[1 + r] > 0]
+
+    def _loop(self, loader, bar):
+        """Iterations until max_iter, or until a Ctrl-C (then True) or a bad item (DatasetError).
+        Every process agrees before each iteration and once at max_iter, so a Ctrl-C during the
+        last iteration stops all of them or none."""
+        solver, n = self.solver, self.solver.params["iter_size"]
+        t_last, it_last = time.perf_counter(), solver.iter
+        while True:
+            request = self._stop  # a Ctrl-C while this iteration loads counts at the next one
+            batches, error = self._load(loader, n) if solver.iter < self.max_iter else (None, None)
+            stopped, failed = self._agree(request, error)
+            if stopped or solver.iter >= self.max_iter:
+                return stopped
+            if failed:
+                self._data_error(error, failed)
+            try:
+                loss = solver.step(batches)
+            except NonFiniteLoss as e:
+                self.log({"event": "nonfinite", "iter": solver.iter, "message": str(e)})
+                raise
+            bar.update(1)
+            if solver.iter % self.display == 0 or solver.iter == self.max_iter:
+                now = time.perf_counter()
+                rate = (solver.iter - it_last) / max(now - t_last, 1e-9)
+                t_last, it_last = now, solver.iter
+                bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", img_s=f"{rate * n * self.batch * self.world:.2f}",
+                                refresh=False)
+                self.log({"iter": solver.iter, "loss": loss, "smoothed_loss": solver.smoothed_loss,
+                          "lr": solver.lr(solver.iter - 1), "iter_per_s": rate,
+                          "images_per_s": rate * n * self.batch * self.world})
+            if self.snapshot_every and solver.iter % self.snapshot_every == 0:
+                self.snapshot()
+            if self.val is not None and self.val_every and solver.iter % self.val_every == 0:
+                results = self.validate()
+                first = next(iter(results.values()))
+                bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", mean_iu=f"{first['mean_iu']:.3f}")
 
     def run(self):
         """Train until max_iter (or Ctrl-C); returns the last smoothed loss."""
@@ -224,45 +285,22 @@ class Trainer:
         bar = tqdm(total=self.max_iter, initial=start, disable=not self.progress or self.rank != 0,
                    position=self.bar_position, leave=self.bar_position is None,
                    unit="it", desc=self.desc, dynamic_ncols=True)
-        loader = self._loader(start)
-        t_last, it_last = time.perf_counter(), start
         try:
-            while solver.iter < self.max_iter and not self._stopping():
-                try:
-                    batches = [net_inputs(solver.net, self.tops, [next(loader) for _ in range(self.batch)],
-                                          self.device) for _ in range(n)]
-                except Exception as e:  # a bad item, read here or in a loader worker
-                    self._data_error(e)
-                try:
-                    loss = solver.step(batches)
-                except NonFiniteLoss as e:
-                    self.log({"event": "nonfinite", "iter": solver.iter, "message": str(e)})
-                    raise
-                bar.update(1)
-                if solver.iter % self.display == 0 or solver.iter == self.max_iter:
-                    now = time.perf_counter()
-                    rate = (solver.iter - it_last) / max(now - t_last, 1e-9)
-                    t_last, it_last = now, solver.iter
-                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", img_s=f"{rate * n * self.batch * self.world:.2f}",
-                                    refresh=False)
-                    self.log({"iter": solver.iter, "loss": loss, "smoothed_loss": solver.smoothed_loss,
-                              "lr": solver.lr(solver.iter - 1), "iter_per_s": rate,
-                              "images_per_s": rate * n * self.batch * self.world})
-                if self.snapshot_every and solver.iter % self.snapshot_every == 0:
-                    self.snapshot()
-                if self.val is not None and self.val_every and solver.iter % self.val_every == 0:
-                    results = self.validate()
-                    first = next(iter(results.values()))
-                    bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", mean_iu=f"{first['mean_iu']:.3f}")
-            if self._stop or (solver.iter == self.max_iter and solver.params["snapshot_after_train"]
-                              and not (self.snapshot_every and solver.iter % self.snapshot_every == 0)):
+            stopped = self._loop(self._loader(start), bar)
+            if stopped or (solver.iter == self.max_iter and solver.params["snapshot_after_train"]
+                           and not (self.snapshot_every and solver.iter % self.snapshot_every == 0)):
                 self.snapshot()
         finally:
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        self.log({"event": "stop" if self._stop else "done", "iter": solver.iter})
+        self.log({"event": "stop" if stopped else "done", "iter": solver.iter})
         return solver.smoothed_loss
+
+
+def _last_line(text):
+    """The last line of `text`: of a loader worker's error, the message under its traceback."""
+    return text.strip().splitlines()[-1]
 
 
 def _main_thread():
