@@ -111,6 +111,23 @@ Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Te
   return g;
 }
 
+void match_caffe_when_not_finite(const Geometry& g, const at::Tensor& grad, const at::Tensor& x,
+                                 const at::Tensor& weight, int64_t groups, at::Tensor& gx,
+                                 at::Tensor& gw) {
+  const bool redo_gx = gx.defined() && !at::isfinite(weight).all().item<bool>();
+  const bool redo_gw = gw.defined() && !at::isfinite(x).all().item<bool>();
+  if (!redo_gx && !redo_gw) return;
+  const auto wide = grad.options().dtype(at::kDouble);
+  at::Tensor full = at::zeros({g.N, g.C_out, (g.Hi - 1) * g.sh + g.kh, (g.Wi - 1) * g.sw + g.kw}, wide);
+  full.narrow(2, g.oh, g.H).narrow(3, g.ow, g.W).copy_(grad);
+  const int64_t stride[2] = {g.sh, g.sw}, zero[2] = {0, 0}, one[2] = {1, 1};
+  auto [full_gx, full_gw, unused_gb] = at::convolution_backward(
+      full, x.to(at::kDouble), weight.to(at::kDouble), std::nullopt, stride, zero, one,
+      /*transposed=*/true, zero, groups, {redo_gx, redo_gw, false});
+  if (redo_gx) gx = full_gx.to(gx.scalar_type());
+  if (redo_gw) gw = full_gw.to(gw.scalar_type());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_result(at::Tensor gx, at::Tensor gw, at::Tensor gs,
                                                                const at::Tensor& like) {
   for (at::Tensor* t : {&gx, &gw, &gs})

@@ -29,6 +29,15 @@ Geometry plan_backward(const at::Tensor& grad, const at::Tensor& x, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_result(at::Tensor gx, at::Tensor gw, at::Tensor gs,
                                                                const at::Tensor& like);
 
+// Caffe backpropagates through Deconvolution + Crop with zeros over the cropped-away border and
+// forms every product of the transposed convolution there, so a non-finite factor gives NaN
+// (0 * inf) where the kernels, which skip those products, give +-inf.  When the factor a gradient
+// multiplies is not finite (the weight for gx, x for gw), that defined gradient is replaced by the
+// uncropped transposed convolution's backward over the zero-padded gradient, in float64.
+void match_caffe_when_not_finite(const Geometry& g, const at::Tensor& grad, const at::Tensor& x,
+                                 const at::Tensor& weight, int64_t groups, at::Tensor& gx,
+                                 at::Tensor& gw);
+
 // True when every index of the call stays below 2^30 (the CUDA kernels then use 32-bit indexing).
 bool fits_int32(const Geometry& g);
 

@@ -604,6 +604,45 @@ def test_infinities_give_what_the_reference_gives(s, k, dtype, where):
     assert ((got - want).abs()[finite] <= bound[finite]).all()
 
 
+def _gradients(x, w, kwargs, gy, dtype, impl=None):
+    """(x, weight, skip) gradients of one call in `dtype`, for the output gradient gy."""
+    leaves = [x.detach().to(dtype).requires_grad_(), w.detach().to(dtype).requires_grad_()]
+    kw = {k: v.detach().to(dtype).requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    out = ops.deconv_crop_sum(*leaves, **kw, **({"impl": impl} if impl else {}))
+    return torch.autograd.grad(out, leaves + [kw["skip"]], gy.to(dtype))
+
+
+@pytest.mark.parametrize("s, k", [(1, 3), (2, 4), (2, 3), (4, 6), (3, 5), (8, 12), (8, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("where", ["weight", "input"])
+def test_backward_infinities_give_what_the_reference_gives(s, k, dtype, where):
+    """Caffe backpropagates zeros from the cropped-away border through the whole deconvolution, and
+    0 * inf = NaN there: an infinite weight makes NaN in the x gradient, an infinite input in the
+    weight gradient, where a kernel that skips the border's products gives +-inf. The judge is the
+    float64 reference (im2col arithmetic, as Caffe's)."""
+    x, w, kwargs = make_case(k=(k, k), s=(s, s), dtype=torch.float64, seed=3)
+    if where == "weight":
+        w[0, 1, 1, 2], w[1, 0, 0, 0] = float("inf"), float("-inf")
+    else:
+        x[0, 0, 1, 2], x[1, 2, 0, 0] = float("inf"), float("-inf")
+    gy = torch.randn(x.shape[0], w.shape[1], *kwargs["size"], generator=torch.Generator().manual_seed(4),
+                     dtype=torch.float64)
+    got = _gradients(x, w, kwargs, gy, dtype)
+    want = [g.to(dtype) for g in _gradients(x, w, kwargs, gy, torch.float64, impl="torch")]
+    affected = got[0] if where == "weight" else got[1]
+    assert affected.isnan().any() or affected.isinf().any()
+    scales = [t.to(dtype) for t in term_scales(x, w, kwargs, gy)]
+    rtol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2}[dtype]
+    for name, g, r, scale in zip(("x", "weight", "skip"), got, want, scales):
+        assert torch.equal(g.isnan(), r.isnan()), \
+            f"{name} gradient: {int(g.isnan().sum())} NaN where the reference has {int(r.isnan().sum())}"
+        inf = torch.isinf(r)
+        assert torch.equal(g[inf], r[inf]), f"{name} gradient: infinities differ"
+        finite = torch.isfinite(r)
+        bound = rtol * (scale.float() + r.float().abs())
+        assert ((g.float() - r.float()).abs()[finite] <= bound[finite]).all(), f"{name} gradient"
+
+
 @pytest.mark.parametrize("skip", [False, True])
 def test_empty_batch_gives_the_references_empty_result(skip):
     x, w, kwargs = make_case(n=0, skip=skip, dtype=torch.float32)

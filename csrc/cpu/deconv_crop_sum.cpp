@@ -69,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cpu(
       gw = gw.to(dtype);
     }
     if (output_mask[2]) gs = cpu::grad_skip(grad_f, skip_size, skip_offset).to(dtype);  // copies: exact
+    match_caffe_when_not_finite(g, grad, x, weight, groups, gx, gw);
     return backward_result(gx, gw, gs, x);
   }
   if (output_mask[0]) {
@@ -80,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cpu(
     cpu::grad_weight(g, grad, x, gw);
   }
   if (output_mask[2]) gs = cpu::grad_skip(grad, skip_size, skip_offset);
+  match_caffe_when_not_finite(g, grad, x, weight, groups, gx, gw);
   return backward_result(gx, gw, gs, x);
 }
 

@@ -97,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deconv_crop_sum_backward_cuda(
     gs = at::zeros(skip_size, grad.options());
     gs.narrow(2, skip_offset[0], grad.size(2)).narrow(3, skip_offset[1], grad.size(3)).copy_(grad);
   }
+  match_caffe_when_not_finite(g, grad, x, weight, groups, gx, gw);
   return backward_result(gx, gw, gs, x);
 }
 
