@@ -1,6 +1,6 @@
 // The operator schemas of fcn_caffe_repro (one TORCH_LIBRARY block) and the Python module _C.
-// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu; autograd.cpp
-// holds the Autograd kernel.
+// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu, cpu/max_pool.cpp;
+// autograd.cpp holds deconv_crop_sum's Autograd kernel (max_pool's autograd is ops.py's).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -24,4 +24,8 @@ TORCH_LIBRARY(fcn_caffe_repro, m) {
       "deconv_crop_sum_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, "
       "int[2] offset, SymInt[] skip_size, int[2] skip_offset, int groups, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // MAX pooling without padding, Caffe's output size: (pooled top, uint8 winner position in its
+  // window, row * kernel_w + col).  CPU only (cpu/max_pool.cpp): the training path's pooling.
+  m.def("max_pool_forward(Tensor x, int[2] kernel, int[2] stride) -> (Tensor, Tensor)");
+  m.def("max_pool_backward(Tensor grad, Tensor mask, int[4] input_size, int[2] kernel, int[2] stride) -> Tensor");
 }

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import train_ops
+from . import ops, train_ops
 from .errors import NetError
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clips probabilities at FLT_MIN, also in double
@@ -358,19 +358,27 @@ class Pooling(CaffeLayer):
 
     def forward(self, x):
         if self.method == "MAX" and train_ops.wants_grad(x):
+            kernel, _ = self._geometry(x)
+            if ops.max_pool_applies(x, kernel, self.stride, self.pad):
+                return (ops.max_pool(x, kernel, self.stride),)
             return (train_ops.recomputed(self.pool, x),)
         return (self.pool(x),)
 
-    def pool(self, x):
-        """The pooled top."""
+    def _geometry(self, x):
+        """The window and Caffe's output size (rows, cols) for bottom x; a clear error if x does
+        not fit."""
         if x.dim() != 4:
             raise NetError(f"pooling needs a 4-D bottom, got shape {tuple(x.shape)}", layer=self.layer_name)
         kernel = tuple(x.shape[2:]) if self.global_pooling else self.kernel
         (kh, kw), (sh, sw), (ph, pw) = kernel, self.stride, self.pad
-        H, W = x.shape[2], x.shape[3]
-        oh, ow = caffe_pool_size(H, kh, sh, ph), caffe_pool_size(W, kw, sw, pw)
+        oh, ow = caffe_pool_size(x.shape[2], kh, sh, ph), caffe_pool_size(x.shape[3], kw, sw, pw)
         if oh <= 0 or ow <= 0:
             raise NetError(f"bottom {tuple(x.shape)} is smaller than the pooling window", layer=self.layer_name)
+        return kernel, (oh, ow)
+
+    def pool(self, x):
+        """The pooled top."""
+        kernel, (oh, ow) = self._geometry(x)
         if self.method == "MAX":
             return self._max(x, kernel, oh, ow)
         return self._ave(x, kernel, oh, ow)

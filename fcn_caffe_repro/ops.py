@@ -1,5 +1,6 @@
 """Python side of csrc/: the fused deconvolution-crop-sum op, its fake registration, and the
-pure-PyTorch reference it is tested against (its autograd is registered in C++).
+pure-PyTorch reference it is tested against (its autograd is registered in C++); the training
+path's MAX pooling, which keeps a byte per pooled element for its backward.
 
 ``deconv_crop_sum`` computes, in one pass and without materialising the uncropped output::
 
@@ -19,7 +20,8 @@ try:
 except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
-__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem"]
+__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem",
+           "max_pool", "max_pool_applies"]
 
 _BUILD_HINT = ("build it from the repository root with "
                "`pip install --no-build-isolation --no-deps -e .`")
@@ -84,6 +86,38 @@ def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip
         return deconv_crop_sum_reference(x, weight, stride, offset, size, skip, skip_offset, groups)
     return torch.ops.fcn_caffe_repro.deconv_crop_sum(x, weight, list(stride), list(offset), list(size),
                                                      skip, list(skip_offset), groups)
+
+
+def max_pool_applies(x, kernel, stride, pad):
+    """Whether `max_pool` computes this MAX pooling: a CPU float32/float64 4-D input, no padding, a
+    window of at most 256 elements (its position fits a byte) and no smaller than the stride (no
+    empty windows), and the extension built."""
+    return (extension_available() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.float64) and tuple(pad) == (0, 0) and kernel[0] * kernel[1] <= 256
+            and stride[0] <= kernel[0] and stride[1] <= kernel[1])
+
+
+def max_pool(x, kernel, stride):
+    """MAX pooling with Caffe's output size (no padding), recorded for autograd. Its backward
+    scatters the gradient by the winners' positions kept as one byte per pooled element, where
+    max_pool2d keeps int64 indices (8x the bytes) or a recomputation reads the input again."""
+    return _MaxPool.apply(x, tuple(kernel), tuple(stride))
+
+
+class _MaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride):
+        y, winners = torch.ops.fcn_caffe_repro.max_pool_forward(x, list(kernel), list(stride))
+        ctx.save_for_backward(winners)
+        ctx.geometry = (list(x.shape), list(kernel), list(stride))
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (winners,) = ctx.saved_tensors
+        size, kernel, stride = ctx.geometry
+        return torch.ops.fcn_caffe_repro.max_pool_backward(dy, winners, size, kernel, stride), None, None
 
 
 def _register_fake():

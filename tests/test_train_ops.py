@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import CAFFE_REF, rel_err
-from fcn_caffe_repro import heap, train_ops
+from fcn_caffe_repro import heap, ops, train_ops
 from fcn_caffe_repro.caffe.spec import L as S
 from fcn_caffe_repro.caffe.spec import NetBuilder, max_pool
 from fcn_caffe_repro.net import CaffeNet
@@ -135,6 +135,64 @@ def test_max_pooling_saves_no_indices_and_gives_the_same_gradient():
     (want,) = torch.autograd.grad(layer.pool(x2), x2, dy)  # the plain path: indices saved
     assert torch.equal(y, layer.pool(x.detach())) and torch.equal(got, want)
     assert got.abs().sum() > 0
+
+
+def _pool_layer(shape, ks, stride, pad=0):
+    n = NetBuilder()
+    n.data = S.Input(input_param=dict(shape=dict(dim=list(shape))))
+    n.pool = S.Pooling(n.data, pool=0, kernel_size=ks, stride=stride, pad=pad)  # pool 0: MAX
+    return CaffeNet(n.to_spec("p"), phase="train").pool
+
+
+POOL_CASES = [((2, 3, 11, 13), 3, 2), ((1, 4, 16, 16), 2, 2), ((1, 5, 9, 7), 2, 2), ((2, 2, 8, 9), 3, 1),
+              ((1, 3, 10, 10), 3, 3), ((1, 1, 5, 6), 5, 2), ((1, 8, 7, 7), 4, 3)]
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="needs the C++ extension (not built)")
+@pytest.mark.parametrize("shape, ks, stride", POOL_CASES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("values", ["distinct", "ties", "nan"])
+def test_training_max_pooling_keeps_a_byte_per_output_and_gives_the_plain_paths_results(
+        shape, ks, stride, layout, dtype, values):
+    """The training path's MAX pooling (a winner's window position kept as one byte) against the
+    plain forward and max_pool2d's backward: the same top and gradient bit for bit, with ties (a
+    ReLU's zeros: the first maximum wins) and NaN (a NaN wins), in either memory layout."""
+    layer = _pool_layer(shape, ks, stride)
+    g = torch.Generator().manual_seed(POOL_CASES.index((shape, ks, stride)))
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    if values == "ties":
+        x = torch.randint(-1, 3, shape, generator=g).to(dtype).clamp_min(0)
+    elif values == "nan":
+        x.view(-1)[torch.randperm(x.numel(), generator=g)[:3]] = float("nan")
+    x = x.contiguous(memory_format=layout).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+        (y,) = layer(x)
+    assert saved == [(torch.uint8, y.numel())]  # one byte per pooled element, not the input or int64 indices
+    dy = torch.randn(y.shape, generator=g, dtype=dtype)
+    (got,) = torch.autograd.grad(y, x, dy)
+    x2 = x.detach().clone().requires_grad_()
+    plain = layer.pool(x2)  # max_pool2d, its indices saved
+    (want,) = torch.autograd.grad(plain, x2, dy)
+    assert y.shape == plain.shape and torch.equal(y.isnan(), plain.isnan())
+    assert torch.equal(y.nan_to_num(), plain.nan_to_num()) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("ks, stride, pad", [(3, 2, 1), (1, 3, 0)])
+def test_training_max_pooling_outside_the_byte_path_recomputes(ks, stride, pad):
+    """Padding, or a stride past the kernel (Caffe then keeps a window that starts outside the
+    input), take the recomputing path: the plain forward's top and gradient."""
+    layer = _pool_layer((1, 2, 9, 10), ks, stride, pad)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 9, 10, generator=g, requires_grad=True)
+    assert not ops.max_pool_applies(x, (ks, ks), (stride, stride), (pad, pad))
+    (y,) = layer(x)
+    dy = torch.randn(y.shape, generator=g)
+    (got,) = torch.autograd.grad(y, x, dy)
+    x2 = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad(layer.pool(x2), x2, dy)
+    assert torch.equal(got, want)
 
 
 STEPS = textwrap.dedent("""
