@@ -472,6 +472,24 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
         huge.step(**tiny_batch(0))
 
 
+@pytest.mark.parametrize("clip", [-1.0, 1e6])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_gradient_with_a_finite_loss_is_named(clip, value):
+    """With clip_gradients on, finiteness is read off the clip's L2 norm (finite exactly when every
+    float32 gradient is); off, from each blob's max |g|. Either way the blob is named, nothing moves."""
+    solver = SGDSolver(tiny_net(), **{**SOLVER, "clip_gradients": clip})
+    before = weights(solver.net)
+
+    def poison(s, loss):
+        s.net.score.weight.grad[0, 0, 0, 0] = value
+        return loss
+
+    solver.gradient_hooks.append(poison)
+    with pytest.raises(NonFiniteLoss, match=r"the gradient of layer 'score' blob 0 is not finite"):
+        solver.step(**tiny_batch(0))
+    assert solver.iter == 0 and all(torch.equal(w, weights(solver.net)[k]) for k, w in before.items())
+
+
 def test_export_caffemodel(tmp_path):
     solver = SGDSolver(tiny_net(), **SOLVER)
     solver.step(**tiny_batch(0))

@@ -32,6 +32,13 @@ from .rng import seed_everything
 from .snapshot import export_caffemodel, load_snapshot, restore_solver, save_solver, solver_state
 
 
+_NARROW = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _l2_norm(grads):
+    """The L2 norm of all gradients together (clip_gradients): per-blob sums of squares in float64."""
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
 class NonFiniteLoss(CaffeError, FloatingPointError):
     """The loss or a gradient is NaN or infinite: the update was not applied."""
 
@@ -144,8 +151,8 @@ class SGDSolver:
         loss /= len(batches)
         for hook in self.gradient_hooks:
             loss = hook(self, loss)
-        self._check_finite(loss)
-        self._apply_update()
+        l2 = self._check_finite(loss)
+        self._apply_update(l2)
         self._update_smoothed_loss(loss)
         return loss
 
@@ -164,47 +171,68 @@ class SGDSolver:
         return batches
 
     def _check_finite(self, loss):
+        """Raise NonFiniteLoss if the loss or a gradient is not finite. Returns the gradients' L2
+        norm when it was computed here for the clip (else None)."""
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss}", self.iter, loss, self.last_snapshot)
         grads = [p.grad for _, _, p, _, _ in self.learnable if p.grad is not None]
-        # max |g| per blob (NaN if any is NaN), checked at once: one read of each gradient, one sync
-        peaks = [torch.linalg.vector_norm(g, math.inf) for g in grads]
-        if peaks and not bool(torch.isfinite(torch.stack(peaks)).all()):
+        if not grads:
+            return None
+        l2 = None
+        if self.params["clip_gradients"] >= 0 and all(g.dtype in _NARROW for g in grads):
+            # the clip needs the L2 norm anyway, and it is finite exactly when every gradient is:
+            # squares of float32 (or narrower) values summed in float64 cannot overflow
+            l2 = _l2_norm(grads)
+            finite = math.isfinite(l2)
+        else:  # max |g| per blob (NaN if any is NaN), checked at once: one read of each, one sync
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())
+        if not finite:
             bad = next((l, i) for l, i, p, _, _ in self.learnable
                        if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
             raise NonFiniteLoss(f"the loss is {loss} but the gradient of layer '{bad[0]}' blob "
                                 f"{bad[1]} is not finite", self.iter, loss, self.last_snapshot)
+        return l2
 
     @torch.no_grad()
-    def _apply_update(self):
+    def _apply_update(self, l2=None):
+        """Clip, regularise, momentum, update: the per-blob arithmetic of Caffe's ApplyUpdate, run
+        as one call per group of blobs with the same multipliers (torch._foreach_*: the same
+        kernels, so the same rounding, without a Python round trip per blob and operation).
+        `l2`: the gradients' norm if already computed."""
         p = self.params
         rate = self.lr()
-        self._clip_gradients()
+        self._clip_gradients(l2)
         norm = float(np.float32(1.0) / np.float32(p["iter_size"]))
         momentum = float(np.float32(p["momentum"]))
+        groups = {}  # (lr_mult, decay_mult): [(blob, its history)]
         for (_, _, w, lr_mult, decay_mult), v in zip(self.learnable, self.history):
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            diff = w.grad
+            groups.setdefault((lr_mult, decay_mult), []).append((w, v))
+        for (lr_mult, decay_mult), members in groups.items():
+            ws, vs = [w for w, _ in members], [v for _, v in members]
+            for w in ws:
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+            diffs = [w.grad for w in ws]
             if p["iter_size"] != 1:
-                diff.mul_(norm)
+                torch._foreach_mul_(diffs, norm)
             local_decay = float(np.float32(p["weight_decay"]) * np.float32(decay_mult))
             if local_decay:
-                diff.add_(w if p["regularization_type"] == "L2" else torch.sign(w), alpha=local_decay)
+                torch._foreach_add_(diffs, ws if p["regularization_type"] == "L2" else torch._foreach_sign(ws),
+                                    alpha=local_decay)
             local_rate = float(np.float32(rate) * np.float32(lr_mult))
-            v.mul_(momentum).add_(diff, alpha=local_rate)
-            w.sub_(v)
+            torch._foreach_mul_(vs, momentum)
+            torch._foreach_add_(vs, diffs, alpha=local_rate)
+            torch._foreach_sub_(ws, vs)
         self.iter += 1
 
-    def _clip_gradients(self):
+    def _clip_gradients(self, l2=None):
         clip = self.params["clip_gradients"]
         grads = [w.grad for _, _, w, _, _ in self.learnable if w.grad is not None]
         if clip < 0 or not grads:
             return
-        l2 = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        l2 = _l2_norm(grads) if l2 is None else l2
         if l2 > clip:
-            for g in grads:
-                g.mul_(clip / l2)
+            torch._foreach_mul_(grads, clip / l2)
 
     def _update_smoothed_loss(self, loss):
         """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses."""
