@@ -150,7 +150,8 @@ def _train(solver, name, key, data, val, cfg, out, start, bar_position):
     (run_dir / "log.jsonl").unlink(missing_ok=True)
     # workers=0: an image is generated in about 4 ms; a loader process would take a core from the
     # runs beside this one (one run on 2 threads: 19.6 against 25.0 iterations/s measured)
-    trainer = Trainer(solver, data, run_dir, seed=cfg.seed, val=val, val_net=_val_net(NETS[key], cfg),
+    val_net = _val_net(NETS[key], cfg).eval().fuse()  # fused as score()'s: the curves end at the table's numbers
+    trainer = Trainer(solver, data, run_dir, seed=cfg.seed, val=val, val_net=val_net,
                       val_every=cfg.val_every, workers=0, progress=bar_position is not None, net_name=name,
                       sample_offset=start, desc=TITLES[key], bar_position=bar_position)
     trainer.run()
