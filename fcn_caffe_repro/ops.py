@@ -89,12 +89,13 @@ def deconv_crop_sum(x, weight, stride, offset=(0, 0), size=None, skip=None, skip
 
 
 def max_pool_applies(x, kernel, stride, pad):
-    """Whether `max_pool` computes this MAX pooling: a CPU float32/float64 4-D input, no padding, a
-    window of at most 256 elements (its position fits a byte) and no smaller than the stride (no
-    empty windows), and the extension built."""
+    """Whether `max_pool` computes this MAX pooling: a CPU float32/float64 4-D input at least as
+    large as the window, no padding, a window of at most 256 elements (its position fits a byte)
+    and no smaller than the stride (no empty windows), and the extension built."""
     return (extension_available() and x.device.type == "cpu" and x.dim() == 4
             and x.dtype in (torch.float32, torch.float64) and tuple(pad) == (0, 0) and kernel[0] * kernel[1] <= 256
-            and stride[0] <= kernel[0] and stride[1] <= kernel[1])
+            and stride[0] <= kernel[0] and stride[1] <= kernel[1]
+            and x.shape[2] >= kernel[0] and x.shape[3] >= kernel[1])
 
 
 def max_pool(x, kernel, stride):

@@ -179,13 +179,15 @@ def test_training_max_pooling_keeps_a_byte_per_output_and_gives_the_plain_paths_
     assert torch.equal(y.nan_to_num(), plain.nan_to_num()) and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("ks, stride, pad", [(3, 2, 1), (1, 3, 0)])
-def test_training_max_pooling_outside_the_byte_path_recomputes(ks, stride, pad):
-    """Padding, or a stride past the kernel (Caffe then keeps a window that starts outside the
-    input), take the recomputing path: the plain forward's top and gradient."""
-    layer = _pool_layer((1, 2, 9, 10), ks, stride, pad)
+@pytest.mark.parametrize("shape, ks, stride, pad", [((1, 2, 9, 10), 3, 2, 1), ((1, 2, 9, 10), 1, 3, 0),
+                                                   ((1, 2, 2, 5), 3, 2, 0)])
+def test_training_max_pooling_outside_the_byte_path_recomputes(shape, ks, stride, pad):
+    """Padding, a stride past the kernel (Caffe then keeps a window that starts outside the input),
+    or an input smaller than the window (Caffe's one clipped window) take the recomputing path: the
+    plain forward's top and gradient."""
+    layer = _pool_layer(shape, ks, stride, pad)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 2, 9, 10, generator=g, requires_grad=True)
+    x = torch.randn(shape, generator=g, requires_grad=True)
     assert not ops.max_pool_applies(x, (ks, ks), (stride, stride), (pad, pad))
     (y,) = layer(x)
     dy = torch.randn(y.shape, generator=g)

@@ -1,9 +1,10 @@
-// MAX pooling for a training iteration on CPU (unpadded windows no narrower than the stride, Caffe's
-// ceil-mode output size, windows clipped at the bottom and right edges).  The forward returns, besides the pooled top, the
-// winner's position in its window as one byte (row * kernel_w + col), so that the backward scatters
-// the gradient without int64 indices (8x the bytes) or a second pass over the input.  The winner is
-// PyTorch's max_pool2d's: the first maximum in row-major order, or a NaN (the last one) if any.
-// Contiguous NCHW and channels_last inputs run in their own layout; the results keep it.
+// MAX pooling for a training iteration on CPU: unpadded windows no narrower than the stride,
+// Caffe's ceil-mode output size, windows clipped at the bottom and right edges.  The forward
+// returns, besides the pooled top, the winner's position in its window as one byte
+// (row * kernel_w + col), so that the backward scatters the gradient without int64 indices (8x the
+// bytes) or a second pass over the input.  The winner is PyTorch's max_pool2d's: the first maximum
+// in row-major order, or a NaN (the last one) if any.  Contiguous NCHW and channels_last inputs run
+// in their own layout; the results keep it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,11 +12,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#include <limits>
 
 namespace fcn {
 namespace {
