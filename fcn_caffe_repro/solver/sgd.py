@@ -39,6 +39,7 @@ def _l2_norm(grads):
     """The L2 norm of all gradients together (clip_gradients): per-blob sums of squares in float64."""
     return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 
+
 class NonFiniteLoss(CaffeError, FloatingPointError):
     """The loss or a gradient is NaN or infinite: the update was not applied."""
 
