@@ -2,6 +2,7 @@
 against Caffe's gradients, the channels_last and recomputed-pooling paths taken and exact, the
 inference forward untouched, and the heap policy (heap.py) in a fresh process."""
 import json
+import math
 import os
 import platform
 import statistics
@@ -105,6 +106,74 @@ def test_training_convolution_takes_the_gemm_path_when_the_weight_dominates():
     net = conv_net(4, 40, size=6)  # 36 output pixels, 40 output channels
     assert "Im2colConv" in type(net(data=torch.randn(1, 4, 6, 6))["conv"].grad_fn).__name__
     assert "Im2colConv" not in type(conv_net(4, 30, size=6)(data=torch.randn(1, 4, 6, 6))["conv"].grad_fn).__name__
+
+
+BORDER_CASES = {  # (N, C, H, W), C_out, kernel, pad, dilation, groups, bias: padded past the window's reach
+    "conv1_1-like": ((1, 3, 12, 10), 4, (3, 3), (100, 100), (1, 1), 1, True),
+    "rectangular, dilated, grouped": ((2, 4, 7, 9), 6, (3, 2), (7, 4), (2, 3), 2, True),
+    "no bias, pad one past": ((1, 3, 5, 6), 5, (3, 3), (3, 3), (1, 1), 1, False),
+}
+
+
+def _border_conv(case, dtype=torch.float64, seed=0):
+    xs, cout, k, p, d, groups, has_bias = BORDER_CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(xs, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn((cout, xs[1] // groups) + k, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(cout, generator=g, dtype=dtype, requires_grad=True) if has_bias else None
+    want = F.conv2d(x, w, b, 1, p, d, groups)
+    got = train_ops.conv2d(x, w, b, (1, 1), p, d, groups, want.shape)
+    dy = torch.randn(want.shape, generator=g, dtype=dtype)
+    return got, want, dy, [x, w] + ([b] if has_bias else [])
+
+
+@pytest.mark.parametrize("case", list(BORDER_CASES))
+def test_convolution_padded_past_its_reach_computes_only_where_windows_touch_the_input(case):
+    """The border of outputs whose windows hold only padding is the bias, gets no weight or input
+    gradient and all of the bias gradient: the same function and gradients as F.conv2d's."""
+    got, want, dy, inputs = _border_conv(case)
+    assert "BorderConv" in type(got.grad_fn).__name__
+    assert got.shape == want.shape
+    assert rel_err(got.detach().numpy(), want.detach().numpy()) < 1e-12
+    for a, e in zip(torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy)):
+        assert rel_err(a.numpy(), e.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("case", list(BORDER_CASES))
+@pytest.mark.parametrize("where", ["border", "core"])
+def test_convolution_padded_past_its_reach_with_an_infinite_gradient_gives_what_caffe_gives(case, where):
+    """Caffe multiplies every output gradient by the zeros of the padding: an infinite gradient in
+    the border makes the weight gradient NaN there, as the full convolution's backward does."""
+    got, want, dy, inputs = _border_conv(case)
+    dy[0, 0, 0 if where == "border" else dy.shape[2] // 2, 0 if where == "border" else dy.shape[3] // 2] = math.inf
+    grads = list(zip(torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy)))
+    for a, e in grads:
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf())
+        assert rel_err(a.nan_to_num(0, 0, 0).numpy(), e.nan_to_num(0, 0, 0).numpy()) < 1e-12
+    assert where == "core" or bool(grads[1][1].isnan().any())  # the border's 0 x inf in the weight gradient
+
+
+def test_convolution_padded_past_its_reach_with_an_infinite_weight_runs_in_full():
+    """0 x inf is NaN in Caffe's border; the full convolution gives it."""
+    xs, cout, k, p, d, groups, has_bias = BORDER_CASES["conv1_1-like"]
+    x = torch.randn(xs, dtype=torch.float64)
+    w = torch.randn((cout, xs[1]) + k, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        w[1, 0, 0, 0] = math.inf
+    want = F.conv2d(x, w, None, 1, p, d)
+    got = train_ops.conv2d(x, w, None, (1, 1), p, d, 1, want.shape)
+    assert "BorderConv" not in type(got.grad_fn).__name__
+    assert torch.equal(got.isnan(), want.isnan()) and bool(got[0, 1, 0, 0].isnan())
+
+
+@pytest.mark.parametrize("stride, pad", [((1, 1), (2, 2)), ((2, 2), (100, 100)), ((1, 1), (100, 1))])
+def test_convolution_within_its_reach_or_strided_takes_the_full_path(stride, pad):
+    assert train_ops._border_reach((3, 3), stride, pad, (1, 1)) is None
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(x, w, None, stride, pad)
+    got = train_ops.conv2d(x, w, None, stride, pad, (1, 1), 1, want.shape)
+    assert "BorderConv" not in type(got.grad_fn).__name__ and rel_err(got.detach(), want.detach()) < 1e-12
 
 
 @pytest.mark.parametrize("channels, num_output", [(16, 8), (4, 40)])  # the channels_last and GEMM training paths
