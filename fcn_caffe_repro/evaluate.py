@@ -93,10 +93,17 @@ def default_io(net, dataset, net_name=None):
     return feeds, tasks
 
 
+def class_map(scores):
+    """The argmax class map (H×W) of C×H×W scores, as score.py's numpy argmax: the first of equal
+    maxima, NaN above all. max(0).indices: argmax(0) over the leading dimension of a contiguous
+    tensor runs ~6x slower on CPU (6×128×128: 3.5 against 0.5 ms)."""
+    return scores.max(0).indices
+
+
 def predict(net, feeds, score="score"):
     """Argmax class map (H×W, on the net's device) of one image; feeds: {input: C×H×W tensor}."""
     out = net(**{k: v.unsqueeze(0) for k, v in feeds.items()})
-    return out[score][0].argmax(0)
+    return class_map(out[score][0])
 
 
 def input_defaults(net_name):
@@ -187,7 +194,7 @@ class Evaluator:
                     feeds = {k: sample[tops.index(v)].to(self.device) for k, v in self.feeds.items()}
                     t0 = time.perf_counter()
                     out = self.net(**{k: v.unsqueeze(0) for k, v in feeds.items()})
-                    preds = {t.score: out[t.score][0].argmax(0) for t in self.tasks}  # as score.py
+                    preds = {t.score: class_map(out[t.score][0]) for t in self.tasks}
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     self.forward_s += time.perf_counter() - t0

@@ -277,3 +277,16 @@ def test_training_curves_give_a_run_one_colour_in_both_panels():
     iu_colours = {line.get_label(): line.get_color() for line in iu_ax.get_lines()}
     assert set(iu_colours) == {"long"} and iu_colours["long"] == loss_colours["long"] != loss_colours["short"]
     assert {t.get_text() for t in loss_ax.get_legend().get_texts()} == {"short", "long"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_class_map_is_numpys_argmax_with_ties_infinities_and_nan(seed):
+    """score.py takes numpy's argmax over classes: the first of equal maxima, NaN above all."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (6, 17, 19), generator=g).float()  # many ties
+    scores[torch.rand(scores.shape, generator=g) < 0.05] = float("inf")
+    if seed % 2:
+        scores[torch.rand(scores.shape, generator=g) < 0.05] = float("nan")
+    want = np.argmax(scores.numpy(), 0)
+    assert np.array_equal(evaluate.class_map(scores).numpy(), want)
+    assert np.array_equal(evaluate.class_map(scores[None].contiguous(memory_format=torch.channels_last)[0]).numpy(), want)
