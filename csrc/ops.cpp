@@ -1,6 +1,7 @@
 // The operator schemas of fcn_caffe_repro (one TORCH_LIBRARY block) and the Python module _C.
-// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu, cpu/max_pool.cpp;
-// autograd.cpp holds deconv_crop_sum's Autograd kernel (max_pool's autograd is ops.py's).
+// Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu, cpu/max_pool.cpp,
+// cpu/small_conv.cpp;
+// autograd.cpp holds deconv_crop_sum's Autograd kernel (max_pool's and small_conv's are ops.py's).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -28,4 +29,9 @@ TORCH_LIBRARY(fcn_caffe_repro, m) {
   // window, row * kernel_w + col).  CPU only (cpu/max_pool.cpp): the training path's pooling.
   m.def("max_pool_forward(Tensor x, int[2] kernel, int[2] stride) -> (Tensor, Tensor)");
   m.def("max_pool_backward(Tensor grad, Tensor mask, int[4] input_size, int[2] kernel, int[2] stride) -> Tensor");
+  // 3x3 convolution, stride 1, padding 1, 4/8/16 channels in and out, float32, channels_last
+  // results.  CPU only (cpu/small_conv.cpp): the training path of the width-divided nets.  The
+  // backward gives (input, weight, bias) gradients; an output_mask entry false: an empty tensor.
+  m.def("small_conv_forward(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("small_conv_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -6,7 +6,11 @@ inference forward, run the way a CPU training iteration is fastest and smallest.
   oneDNN would copy the weight into its blocked layout in the forward and again in the backward
   (two extra weight-sized buffers: 2 x 411 MB for fc6 at the peak of an iteration); the GEMM reads
   the weight in place and writes the weight gradient once.
-- Convolution with at most 128 input channels (VGG's conv1 and conv2 at their large sizes) runs
+- 3x3 convolution (stride 1, padding 1) of 4, 8 or 16 channels in and out, float32 (the
+  width-divided nets of the main job and the tests) runs ops.small_conv (csrc/cpu/small_conv.cpp):
+  oneDNN runs so few channels far below the FMA rate (FCN-8s at width/16 on 128x128 images: 54
+  against 64 ms per iteration on an Intel Xeon, one thread).
+- Other convolution with at most 128 input channels (VGG's conv1 and conv2 at their large sizes) runs
   oneDNN on channels_last tensors: plain NCHW makes oneDNN reorder source, output and gradients
   into its blocked layout (three activation-sized copies in the backward) and runs slower.
 - MAX pooling (layers.Pooling) keeps one byte per pooled element, the winner's position in its
@@ -28,6 +32,8 @@ tolerances hold on both paths.
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from . import ops
 
 CHANNELS_LAST_MAX_CHANNELS = 128
 
@@ -54,6 +60,8 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
     if _border_reach(weight.shape[2:], stride, pad, dilation) and bool(torch.isfinite(weight).all()):
         return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups)
+    if ops.small_conv_applies(x, weight, stride, pad, dilation, groups):
+        return ops.small_conv(x, weight, bias)
     return F.conv2d(x, weight, bias, stride, pad, dilation, groups)
 
 

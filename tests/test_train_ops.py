@@ -176,6 +176,84 @@ def test_convolution_within_its_reach_or_strided_takes_the_full_path(stride, pad
     assert "BorderConv" not in type(got.grad_fn).__name__ and rel_err(got.detach(), want.detach()) < 1e-12
 
 
+SMALL_CONV_CASES = [((1, 4, 9, 11), 4), ((2, 4, 7, 5), 8), ((1, 8, 6, 13), 16), ((1, 16, 5, 4), 16),
+                    ((1, 16, 3, 3), 4), ((1, 8, 1, 7), 8), ((1, 4, 6, 1), 4), ((1, 4, 2, 2), 16)]
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="needs the C++ extension (not built)")
+@pytest.mark.parametrize("xs, cout", SMALL_CONV_CASES)
+@pytest.mark.parametrize("isa", ["native", "avx2", "baseline"])
+def test_small_conv_matches_the_float64_convolution(xs, cout, isa):
+    """Forward, input, weight and bias gradients of the few-channel 3x3 op against float64
+    F.conv2d, on every instruction-set variant (a fresh process per cap), edges and 1-pixel
+    images included; bias and no bias."""
+    script = textwrap.dedent(f"""
+        import torch, torch.nn.functional as F
+        from fcn_caffe_repro import ops
+        g = torch.Generator().manual_seed(0)
+        xs, cout = {xs!r}, {cout!r}
+        for has_bias in (True, False):
+            x = torch.randn(xs, generator=g).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(cout, xs[1], 3, 3, generator=g)
+            b = torch.randn(cout, generator=g) if has_bias else None
+            leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if has_bias else ())]
+            got = ops.small_conv(leaves[0], leaves[1], leaves[2] if has_bias else None)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            ref = [t.double().requires_grad_() for t in (x, w) + ((b,) if has_bias else ())]
+            want = F.conv2d(ref[0], ref[1], ref[2] if has_bias else None, 1, 1)
+            dy = torch.randn(want.shape, generator=g)
+            grads = torch.autograd.grad(got, leaves, dy)
+            wants = torch.autograd.grad(want, ref, dy.double())
+            def rel(a, e):
+                return float((a.double() - e).abs().max() / e.abs().max())
+            assert rel(got.detach(), want.detach()) < 1e-6, rel(got.detach(), want.detach())
+            for a, e in zip(grads, wants):
+                assert a.shape == e.shape and rel(a, e) < 1e-6, (a.shape, rel(a, e))
+        print("ok")
+    """)
+    env = dict(os.environ)
+    if isa != "native":
+        env["FCN_CPU_ISA"] = isa
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="needs the C++ extension (not built)")
+def test_small_conv_sums_the_same_bits_on_any_thread_count():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, 37, 29, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    dy = torch.randn(2, 16, 37, 29, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(torch.ops.fcn_caffe_repro.small_conv_backward(dy, x, w, [True, True, True]))
+    finally:
+        torch.set_num_threads(threads)
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, pad, dtype", [
+    (4, 4, 3, 1, 1, torch.float32), (3, 4, 3, 1, 1, torch.float32), (4, 6, 3, 1, 1, torch.float32),
+    (4, 4, 3, 2, 1, torch.float32), (4, 4, 3, 1, 0, torch.float32), (4, 4, 1, 1, 0, torch.float32),
+    (4, 4, 3, 1, 1, torch.float64), (32, 32, 3, 1, 1, torch.float32)])
+def test_small_conv_applies_only_where_it_computes_the_layer(cin, cout, kernel, stride, pad, dtype):
+    x = torch.zeros(1, cin, 8, 8, dtype=dtype)
+    w = torch.zeros(cout, cin, kernel, kernel, dtype=dtype)
+    want = (cin, cout, kernel, stride, pad, dtype) == (4, 4, 3, 1, 1, torch.float32) and ops.extension_available()
+    assert ops.small_conv_applies(x, w, (stride, stride), (pad, pad), (1, 1), 1) == want
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="needs the C++ extension (not built)")
+def test_training_convolution_of_few_channels_takes_the_small_conv_op():
+    net = conv_net(8, 16, size=10)
+    y = net(data=torch.randn(1, 8, 10, 10))["conv"]
+    assert "SmallConv" in type(y.grad_fn).__name__
+
+
 @pytest.mark.parametrize("channels, num_output", [(16, 8), (4, 40)])  # the channels_last and GEMM training paths
 def test_inference_forward_is_the_plain_one(channels, num_output):
     """Without a gradient the layer runs F.conv2d on the tensors as given: the inference outputs
