@@ -218,8 +218,8 @@ def _plan(cfg):
     """(run, initialised from, iterations of this run, first sample position = iterations before it),
     in the order a free process takes the first whose source is ready. On 2 processes this puts
     FCN-8s at once and FCN-8s on one, FCN-32s, 16s, the control and the no-classifier run on the
-    other: near equal loads (on the Intel Xeon, seed 2: 476 and 444 s), where taking the stages in
-    pipeline order left the control last on one process (504 against 416 s)."""
+    other: near equal loads (seed 2 on the Intel Xeon: 444 and 417 s of training), where taking the
+    stages in pipeline order left the control last on one process (504 against 416 s before)."""
     n32, n16, n8 = cfg.iters
     plan = [("fcn32s", "classifier", n32, 0), ("atonce", "classifier", n32 + n16 + n8, 0),
             ("fcn16s", "fcn32s", n16, n32)]
