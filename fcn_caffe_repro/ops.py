@@ -135,8 +135,9 @@ def small_conv_applies(x, weight, stride, pad, dilation, groups):
 
 
 def small_conv(x, weight, bias):
-    """A 3x3, stride-1, padding-1 convolution of few channels (see small_conv_applies), recorded
-    for autograd; the output is channels_last. csrc/cpu/small_conv.cpp: one output pixel's
+    """A 3x3, stride-1, padding-1 convolution of few channels (see small_conv_applies; a finite
+    weight: Caffe's products with the zero padding make inf weights NaN at the edges, which this
+    op does not compute), recorded for autograd; the output is channels_last. csrc/cpu/small_conv.cpp: one output pixel's
     channels per vector, one broadcast and FMA per term (4 -> 4 channels over 326 x 326, forward
     and backward: about 3.4 against 8 ms for oneDNN on an Intel Xeon, one thread)."""
     return _SmallConv.apply(x, weight, bias)
@@ -154,7 +155,13 @@ class _SmallConv(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.fcn_caffe_repro.small_conv_backward(dy, x, weight, wanted)
+        # the bias gradient, a sum of every output gradient, tells whether one is inf or NaN
+        dx, dw, db = torch.ops.fcn_caffe_repro.small_conv_backward(dy, x, weight, wanted[:2] + [True])
+        if wanted[1] and not bool(torch.isfinite(db).all()):
+            # Caffe's weight gradient multiplies every output gradient by the zero padding: 0 x inf
+            # is NaN there, which this op's kernel (no products with the padding) would not give
+            dw = torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                     [False, True, False])[1]
         return tuple(g if want else None for g, want in zip((dx, dw, db), wanted))
 
 

@@ -60,7 +60,7 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
     if _border_reach(weight.shape[2:], stride, pad, dilation) and bool(torch.isfinite(weight).all()):
         return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups)
-    if ops.small_conv_applies(x, weight, stride, pad, dilation, groups):
+    if ops.small_conv_applies(x, weight, stride, pad, dilation, groups) and bool(torch.isfinite(weight).all()):
         return ops.small_conv(x, weight, bias)
     return F.conv2d(x, weight, bias, stride, pad, dilation, groups)
 

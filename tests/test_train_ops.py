@@ -408,3 +408,28 @@ def test_the_training_path_is_for_recorded_cpu_forwards():
     assert not train_ops.wants_grad(torch.empty(1), torch.empty(1))  # nothing requires a gradient
     with torch.no_grad():
         assert not train_ops.wants_grad(x)
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="needs the C++ extension (not built)")
+@pytest.mark.parametrize("where", ["weight", "gradient"])
+def test_few_channel_convolution_gives_caffes_nan_for_infinities_at_the_padding(where):
+    """Caffe multiplies the zero padding by the weights and by the output gradient: an infinite
+    weight makes the edge outputs NaN, an infinite output gradient the weight gradient NaN."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 6, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 4, 3, 3, generator=g, dtype=torch.float64)
+    if where == "weight":
+        w[1, 2, 0, 0] = math.inf
+    dy = torch.randn(1, 4, 6, 7, generator=g, dtype=torch.float64)
+    if where == "gradient":
+        dy[0, 3, 0, 0] = math.inf
+    ours = [t.float().requires_grad_() for t in (x, w)]
+    ref = [t.clone().requires_grad_() for t in (x, w)]
+    got = train_ops.conv2d(ours[0], ours[1], None, (1, 1), (1, 1), (1, 1), 1, (1, 4, 6, 7))
+    want = F.conv2d(F.pad(ref[0], (1, 1, 1, 1)), ref[1])  # Caffe: im2col of the zero-padded input
+    assert "SmallConv" in type(got.grad_fn).__name__ or where == "weight"
+    assert torch.equal(got.isnan(), want.isnan())
+    grads = list(zip(torch.autograd.grad(got, ours, dy.float()), torch.autograd.grad(want, ref, dy)))
+    for a, e in grads:
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf())
+    assert bool(want.isnan().any() if where == "weight" else grads[1][1].isnan().any())
