@@ -137,9 +137,10 @@ def small_conv_applies(x, weight, stride, pad, dilation, groups):
 def small_conv(x, weight, bias):
     """A 3x3, stride-1, padding-1 convolution of few channels (see small_conv_applies; a finite
     weight: Caffe's products with the zero padding make inf weights NaN at the edges, which this
-    op does not compute), recorded for autograd; the output is channels_last. csrc/cpu/small_conv.cpp: one output pixel's
-    channels per vector, one broadcast and FMA per term (4 -> 4 channels over 326 x 326, forward
-    and backward: about 3.4 against 8 ms for oneDNN on an Intel Xeon, one thread)."""
+    op does not compute), recorded for autograd; the output is channels_last.
+    csrc/cpu/small_conv.cpp: one output pixel's channels per vector, one broadcast and FMA per term
+    (4 -> 4 channels over 326 x 326, forward and backward: about 3.4 against 8 ms for oneDNN on an
+    Intel Xeon, one thread)."""
     return _SmallConv.apply(x, weight, bias)
 
 

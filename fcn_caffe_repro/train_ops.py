@@ -59,7 +59,7 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
     layout = torch.channels_last if x.shape[1] <= CHANNELS_LAST_MAX_CHANNELS else torch.contiguous_format
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
     if _border_reach(weight.shape[2:], stride, pad, dilation) and bool(torch.isfinite(weight).all()):
-        return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups)
+        return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups, layout)
     if ops.small_conv_applies(x, weight, stride, pad, dilation, groups) and bool(torch.isfinite(weight).all()):
         return ops.small_conv(x, weight, bias)
     return F.conv2d(x, weight, bias, stride, pad, dilation, groups)
@@ -85,45 +85,41 @@ def _pointwise(kernel, stride, pad):
 
 class _BorderConv(torch.autograd.Function):
     """A stride-1 convolution padded past its reach: the outputs whose window touches the input
-    are the convolution padded by the reach (the core, at offset pad - reach), the rest the bias."""
+    are the convolution padded by the reach (the core, at offset pad - reach), the rest the bias.
+    `layout`: the memory format x and weight come in, which the output and gradients keep."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, pad, dilation, groups):
+    def forward(ctx, x, weight, bias, pad, dilation, groups, layout):
         reach = tuple(d * (k - 1) for k, d in zip(weight.shape[2:], dilation))
         core = F.conv2d(x, weight, bias, 1, reach, dilation, groups)
         n, cout = core.shape[:2]
         size = [x.shape[2 + i] + 2 * pad[i] - reach[i] for i in range(2)]
-        y = torch.empty((n, cout, *size), dtype=core.dtype, memory_format=_layout_of(core))
+        y = torch.empty((n, cout, *size), dtype=core.dtype, memory_format=layout)
         if bias is None:
             y.zero_()
         else:
             y.copy_(bias.detach().view(1, cout, 1, 1).expand(y.shape))
         _core_view(y, pad, reach, core.shape).copy_(core)
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (pad, reach, dilation, groups, core.shape, bias is not None)
+        ctx.geometry = (pad, reach, dilation, groups, core.shape, bias is not None, layout)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        pad, reach, dilation, groups, core_shape, has_bias = ctx.geometry
+        pad, reach, dilation, groups, core_shape, has_bias, layout = ctx.geometry
         db = dy.sum((0, 2, 3))
         wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         if bool(torch.isfinite(db).all()):
-            core = _core_view(dy, pad, reach, core_shape).contiguous(memory_format=_layout_of(x))
+            core = _core_view(dy, pad, reach, core_shape).contiguous(memory_format=layout)
             dx, dw, _ = torch.ops.aten.convolution_backward(
                 core, x, weight, [weight.shape[0]], [1, 1], list(reach), list(dilation), False, [0, 0], groups,
                 wanted)
         else:  # inf or NaN somewhere in the gradient: times the border's zero inputs, NaN in Caffe
             dx, dw, _ = torch.ops.aten.convolution_backward(
-                dy.contiguous(memory_format=_layout_of(x)), x, weight, [weight.shape[0]], [1, 1], list(pad),
+                dy.contiguous(memory_format=layout), x, weight, [weight.shape[0]], [1, 1], list(pad),
                 list(dilation), False, [0, 0], groups, wanted)
-        return dx, dw, db if has_bias and ctx.needs_input_grad[2] else None, None, None, None
-
-
-def _layout_of(t):
-    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
-        and not t.is_contiguous() else torch.contiguous_format
+        return dx, dw, db if has_bias and ctx.needs_input_grad[2] else None, None, None, None, None
 
 
 def _core_view(t, pad, reach, core_shape):

@@ -58,39 +58,49 @@ FCN_ALWAYS_INLINE V edge_pixel(const ConvArgs<float>& a, const float* image, int
   return acc;
 }
 
-// Rows [begin, end) of the flat (image, output row) index; CI input and CO output channels, the
-// CO of one pixel one vector; P pixels per step (independent accumulators).
-template <int CI, int CO, int P>
-FCN_ALWAYS_INLINE void forward_rows(const ConvArgs<float>& a, int64_t begin, int64_t end) {
-  using V = typename Block<float, CO>::type;
-  V bias = {};
-  if (a.b) bias = load_vec<V>(a.b);
+// Rows [begin, end) of the flat (image, output row) index: the edge columns, and columns left over
+// at the row's end, pixel by pixel; the interior STEP columns at a time by
+// step(image, oy, ky0, ky1, ox, yrow), taps ky0 <= ky < ky1 inside the image.
+template <int CO, int STEP, typename V, typename Step>
+FCN_ALWAYS_INLINE void forward_row_loop(const ConvArgs<float>& a, int64_t begin, int64_t end, V bias, Step&& step) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / a.H, oy = r % a.H;
-    const float* image = a.x + n * a.H * a.W * CI;
+    const float* image = a.x + n * a.H * a.W * a.cin;
     float* yrow = a.y + r * a.W * CO;
     const int64_t ky0 = oy == 0 ? 1 : 0, ky1 = oy == a.H - 1 ? 2 : 3;
     store_vec(yrow, edge_pixel<CO>(a, image, oy, 0, bias));
     if (a.W > 1) store_vec(yrow + (a.W - 1) * CO, edge_pixel<CO>(a, image, oy, a.W - 1, bias));
     int64_t ox = 1;
-    for (; ox + P <= a.W - 1; ox += P) {
-      V acc[P];
-      for (int p = 0; p < P; ++p) acc[p] = bias;
-      for (int64_t ky = ky0; ky < ky1; ++ky) {
-        const float* xp = image + ((oy + ky - 1) * a.W + ox - 1) * CI;
-        const float* wp = a.w + ky * 3 * CI * CO;
-        for (int kx = 0; kx < 3; ++kx) {
-          for (int ci = 0; ci < CI; ++ci) {
-            const V wv = load_vec<V>(wp + (kx * CI + ci) * CO);
-#pragma GCC unroll 8
-            for (int p = 0; p < P; ++p) acc[p] += xp[(p + kx) * CI + ci] * wv;
-          }
-        }
-      }
-      for (int p = 0; p < P; ++p) store_vec(yrow + (ox + p) * CO, acc[p]);
-    }
+    for (; ox + STEP <= a.W - 1; ox += STEP) step(image, oy, ky0, ky1, ox, yrow);
     for (; ox < a.W - 1; ++ox) store_vec(yrow + ox * CO, edge_pixel<CO>(a, image, oy, ox, bias));
   }
+}
+
+// CI input and CO output channels, the CO of one pixel one vector; P pixels per step
+// (independent accumulators).
+template <int CI, int CO, int P>
+FCN_ALWAYS_INLINE void forward_rows(const ConvArgs<float>& a, int64_t begin, int64_t end) {
+  using V = typename Block<float, CO>::type;
+  V bias = {};
+  if (a.b) bias = load_vec<V>(a.b);
+  forward_row_loop<CO, P>(a, begin, end, bias,
+                          [&](const float* image, int64_t oy, int64_t ky0, int64_t ky1, int64_t ox, float* yrow)
+                              FCN_LAMBDA_INLINE {
+    V acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = bias;
+    for (int64_t ky = ky0; ky < ky1; ++ky) {
+      const float* xp = image + ((oy + ky - 1) * a.W + ox - 1) * CI;
+      const float* wp = a.w + ky * 3 * CI * CO;
+      for (int kx = 0; kx < 3; ++kx) {
+        for (int ci = 0; ci < CI; ++ci) {
+          const V wv = load_vec<V>(wp + (kx * CI + ci) * CO);
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p) acc[p] += xp[(p + kx) * CI + ci] * wv;
+        }
+      }
+    }
+    for (int p = 0; p < P; ++p) store_vec(yrow + (ox + p) * CO, acc[p]);
+  });
 }
 
 // 4 -> 4 channels: four pixels' outputs per 16-lane vector (lane 4p + co), each input channel
@@ -111,32 +121,24 @@ FCN_ALWAYS_INLINE void forward_rows_4x4(const ConvArgs<float>& a, int64_t begin,
   if (a.b) bias = load_vec<V4>(a.b);
   V16 bias16;
   for (int l = 0; l < 16; ++l) bias16[l] = bias[l & 3];
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t n = r / a.H, oy = r % a.H;
-    const float* image = a.x + n * a.H * a.W * 4;
-    float* yrow = a.y + r * a.W * 4;
-    const int64_t ky0 = oy == 0 ? 1 : 0, ky1 = oy == a.H - 1 ? 2 : 3;
-    store_vec(yrow, edge_pixel<4>(a, image, oy, 0, bias));
-    if (a.W > 1) store_vec(yrow + (a.W - 1) * 4, edge_pixel<4>(a, image, oy, a.W - 1, bias));
-    int64_t ox = 1;
-    for (; ox + 8 <= a.W - 1; ox += 8) {
-      V16 acc0 = bias16, acc1 = bias16;
-      for (int64_t ky = ky0; ky < ky1; ++ky) {
-        const float* xp = image + ((oy + ky - 1) * a.W + ox - 1) * 4;
-        for (int kx = 0; kx < 3; ++kx) {
-          const V16 x0 = load_vec<V16>(xp + kx * 4), x1 = load_vec<V16>(xp + kx * 4 + 16);
-          const V16* w = wr + (ky * 3 + kx) * 4;
-          for (int ci = 0; ci < 4; ++ci) {
-            acc0 += __builtin_shuffle(x0, sel[ci]) * w[ci];
-            acc1 += __builtin_shuffle(x1, sel[ci]) * w[ci];
-          }
+  forward_row_loop<4, 8>(a, begin, end, bias,
+                         [&](const float* image, int64_t oy, int64_t ky0, int64_t ky1, int64_t ox, float* yrow)
+                             FCN_LAMBDA_INLINE {
+    V16 acc0 = bias16, acc1 = bias16;
+    for (int64_t ky = ky0; ky < ky1; ++ky) {
+      const float* xp = image + ((oy + ky - 1) * a.W + ox - 1) * 4;
+      for (int kx = 0; kx < 3; ++kx) {
+        const V16 x0 = load_vec<V16>(xp + kx * 4), x1 = load_vec<V16>(xp + kx * 4 + 16);
+        const V16* w = wr + (ky * 3 + kx) * 4;
+        for (int ci = 0; ci < 4; ++ci) {
+          acc0 += __builtin_shuffle(x0, sel[ci]) * w[ci];
+          acc1 += __builtin_shuffle(x1, sel[ci]) * w[ci];
         }
       }
-      store_vec(yrow + ox * 4, acc0);
-      store_vec(yrow + ox * 4 + 16, acc1);
     }
-    for (; ox < a.W - 1; ++ox) store_vec(yrow + ox * 4, edge_pixel<4>(a, image, oy, ox, bias));
-  }
+    store_vec(yrow + ox * 4, acc0);
+    store_vec(yrow + ox * 4 + 16, acc1);
+  });
 }
 
 template <int CO, int P>
