@@ -18,8 +18,11 @@ import torch
 from conftest import CAFFE_REF, rel_err
 from fcn_caffe_repro.caffe import caffemodel
 from fcn_caffe_repro.caffe.spec import L, NetBuilder, crop, max_pool
+from fcn_caffe_repro import ops
 from fcn_caffe_repro.errors import CaffeError, PrototxtError
+from fcn_caffe_repro.fusion import FusedDeconvCropSum
 from fcn_caffe_repro.net import CaffeNet
+from fcn_caffe_repro.plan import layer_steps
 from fcn_caffe_repro.solver import (NonFiniteLoss, SGDSolver, SnapshotError, atomic_save, learning_rate,
                                     load_snapshot, seed_everything)
 
@@ -29,8 +32,9 @@ FCN_PARAM = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
 
 
 # --- a tiny FCN: conv, pool, conv, [dropout], score, fixed bilinear upscore, crop, loss ----------
-def tiny_spec(dropout=True, classes=3, deploy=False):
-    """deploy=True: image input only, no loss (the TEST-phase net that validation runs)."""
+def tiny_spec(dropout=True, classes=3, deploy=False, upscore_lr=0):
+    """deploy=True: image input only, no loss (the TEST-phase net that validation runs);
+    upscore_lr: the upsampling's lr_mult (0: fixed, as FCN's)."""
     n = NetBuilder()
     if deploy:
         n.data = L.Input(input_param=dict(shape=dict(dim=[1, 3, 16, 16])))
@@ -46,7 +50,7 @@ def tiny_spec(dropout=True, classes=3, deploy=False):
     if dropout:
         n.drop = top = L.Dropout(n.relu2, dropout_ratio=0.5, in_place=True)
     n.score = L.Convolution(top, num_output=classes, kernel_size=1, param=FCN_PARAM)
-    n.upscore = L.Deconvolution(n.score, param=[dict(lr_mult=0)], convolution_param=dict(
+    n.upscore = L.Deconvolution(n.score, param=[dict(lr_mult=upscore_lr)], convolution_param=dict(
         num_output=classes, kernel_size=4, stride=2, bias_term=False, weight_filler=dict(type="bilinear")))
     n.score_out = crop(n.upscore, n.data)
     if deploy:
@@ -55,10 +59,10 @@ def tiny_spec(dropout=True, classes=3, deploy=False):
     return n.to_spec("tiny")
 
 
-def tiny_net(seed=0, dropout=True):
+def tiny_net(seed=0, dropout=True, upscore_lr=0):
     """The tiny net in the TRAIN phase with seeded random weights; upscore is the class-wise
     bilinear interpolation of FCN's surgery.interp (the filler fills every channel pair)."""
-    net = CaffeNet(tiny_spec(dropout), phase="train")
+    net = CaffeNet(tiny_spec(dropout, upscore_lr=upscore_lr), phase="train")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in net.layer_modules():
@@ -200,6 +204,32 @@ def test_lr_mult_zero_blob_never_touched():
     assert torch.equal(net.upscore.weight, before)
     assert not net.upscore.weight.requires_grad and net.score.weight.requires_grad
     assert not torch.equal(net.score.weight, weights(tiny_net())["score/0"])
+
+
+@pytest.mark.parametrize("upscore_lr", [0, 1])
+def test_the_upsampling_trains_through_the_fused_op_with_the_same_steps(upscore_lr):
+    """The solver runs Deconvolution -> Crop as one fused step (depthwise when frozen, the full
+    C x C product with its weight gradient when learned); three steps move every weight as the
+    layer-by-layer plan does."""
+    if not ops.extension_available():
+        pytest.skip(f"the fused op is not built: {ops.extension_problem()}")
+    after = {}
+    for fused in (True, False):
+        net = tiny_net(dropout=False, upscore_lr=upscore_lr)
+        solver = SGDSolver(net, base_lr=0.05, lr_policy="fixed", momentum=0.9, weight_decay=5e-4)
+        assert any(isinstance(s.module, FusedDeconvCropSum) for s in net.plan)
+        assert "upscore" not in net(return_blobs=True, **tiny_batch(0))  # fused away: never materialised
+        if not fused:
+            net.set_plan(layer_steps(net))
+        for i in range(3):
+            solver.step(**tiny_batch(i))
+        after[fused] = weights(net)
+    start = weights(tiny_net(dropout=False, upscore_lr=upscore_lr))
+    for key, value in after[False].items():
+        scale = float((value - start[key]).abs().max()) + 1e-30
+        assert float((after[True][key] - value).abs().max()) <= 1e-5 * scale + 1e-7 * float(value.abs().max()), key
+    moved = not torch.equal(after[True]["upscore/0"], start["upscore/0"])
+    assert moved == bool(upscore_lr)
 
 
 # --- learning-rate policies against Caffe's formulas -----------------------------------------------
@@ -488,6 +518,24 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_named(clip, value):
     with pytest.raises(NonFiniteLoss, match=r"the gradient of layer 'score' blob 0 is not finite"):
         solver.step(**tiny_batch(0))
     assert solver.iter == 0 and all(torch.equal(w, weights(solver.net)[k]) for k, w in before.items())
+
+
+def test_a_finite_gradient_past_float32s_norm_range_is_clipped_not_refused():
+    """Each gradient is finite but the norm of score's passes float32's range: the clip scales
+    it down (its norm summed again in float64) instead of calling it non-finite."""
+    solver = SGDSolver(tiny_net(), **{**SOLVER, "clip_gradients": 1.0, "base_lr": 1.0, "momentum": 0.0,
+                                      "weight_decay": 0.0})
+    before = weights(solver.net)
+
+    def blow_up(s, loss):
+        s.net.score.weight.grad.fill_(3e38)
+        return loss
+
+    solver.gradient_hooks.append(blow_up)
+    solver.step(**tiny_batch(0))
+    moved = {k: float((w - before[k]).double().norm()) for k, w in weights(solver.net).items()}
+    assert math.isclose(moved["score/0"], 1.0, rel_tol=1e-4)  # the whole step has norm clip = 1
+    assert sum(v * v for v in moved.values()) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_export_caffemodel(tmp_path):

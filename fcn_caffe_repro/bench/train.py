@@ -37,11 +37,16 @@ DEFAULT, PREVIOUS = "default path (this tree)", "previous plain path"
 
 
 class _PreviousSolver(SGDSolver):
-    """SGDSolver as it was before the training path was tuned: glibc's default heap and a
-    finiteness check that materialises isfinite(g) for every gradient."""
+    """SGDSolver as it was before the training path was tuned: glibc's default heap, the
+    upsampling paths as separate layers, and a finiteness check that materialises isfinite(g)
+    for every gradient."""
 
     @staticmethod
     def _keep_freed_memory():
+        pass
+
+    @staticmethod
+    def _fuse_upsampling(net):
         pass
 
     def _check_finite(self, loss):
