@@ -538,6 +538,23 @@ def test_a_finite_gradient_past_float32s_norm_range_is_clipped_not_refused():
     assert sum(v * v for v in moved.values()) == pytest.approx(1.0, rel=1e-4)
 
 
+def test_a_finite_gradient_past_float32s_norm_range_is_applied_without_a_clip():
+    """Without a clip the finiteness check reads the same norm: an overflowing float32 norm of
+    finite gradients is checked again in float64, and the step is taken."""
+    solver = SGDSolver(tiny_net(), **{**SOLVER, "clip_gradients": -1.0, "base_lr": 1e-30, "momentum": 0.0,
+                                      "weight_decay": 0.0})
+    before = weights(solver.net)["score/0"]
+
+    def blow_up(s, loss):
+        s.net.score.weight.grad.fill_(3e38)
+        return loss
+
+    solver.gradient_hooks.append(blow_up)
+    solver.step(**tiny_batch(0))
+    assert solver.iter == 1
+    assert torch.allclose(weights(solver.net)["score/0"], before - 3e8, rtol=1e-6)
+
+
 def test_export_caffemodel(tmp_path):
     solver = SGDSolver(tiny_net(), **SOLVER)
     solver.step(**tiny_batch(0))
