@@ -260,7 +260,18 @@ def _stage(cfg, out, key, source, iters, start, bar_position):
               "train_s": time.perf_counter() - t, "initial": initial["metrics"]}
     if skip_scales:
         result["skip_scales"] = skip_scales
-    return result, curve, str(weights)
+    return result, _with_ends(curve, initial, m, iters), str(weights)
+
+
+def _with_ends(curve, initial, final, iters):
+    """The run's log records with its scores before and after training as validations at
+    iterations 0 and `iters` (unless logged there), so every curve runs from its start to the
+    table's number, FCN-16s's 300 iterations (no validation of their own) included."""
+    def val(it, scores):
+        return {"event": "val", "iter": it, "results": {"label": scores["metrics"]}}
+
+    logged = {r["iter"] for r in curve if r.get("event") == "val"}
+    return ([] if 0 in logged else [val(0, initial)]) + curve + ([] if iters in logged else [val(iters, final)])
 
 
 def run(cfg=None, out="out/reproduce", log=print, progress=True):

@@ -144,3 +144,17 @@ def test_balance_skips_matches_the_pools_to_fc7():
     for layer in scales:
         assert rms(after, layer) == pytest.approx(rms(after, "fc7"), rel=1e-4)
         assert torch.all(getattr(net, layer).weight == getattr(net, layer).weight[0])
+
+
+def test_every_curve_runs_from_the_initial_score_to_the_tables():
+    """The training-curve figure's validation points start at the run's initial score and end at
+    the table's, added only where the Trainer did not validate."""
+    def scores(iu):
+        return {"metrics": {"mean_iu": iu}}
+
+    curve = [{"iter": 50, "smoothed_loss": 3.0}, {"event": "val", "iter": 100, "results": {"label": {"mean_iu": 0.5}}}]
+    ends = reproduce._with_ends(curve, scores(0.1), scores(0.7), 300)
+    vals = [(r["iter"], r["results"]["label"]["mean_iu"]) for r in ends if r.get("event") == "val"]
+    assert vals == [(0, 0.1), (100, 0.5), (300, 0.7)] and ends[1:3] == curve
+    # a run validated at its last iteration keeps that point, not a second one
+    assert reproduce._with_ends(curve, scores(0.1), scores(0.5), 100)[1:] == curve
