@@ -145,7 +145,7 @@ def _solver(name, cfg, **overrides):
 def _val_net(name, cfg):
     """The deploy net the scores come from, in the fast inference mode (fast/: oneDNN with the ReLU
     fused and weights prepacked, the skips fused): 18 against 28 ms per image for FCN-8s on an
-    Intel Xeon, one thread, where the job scores 100 images about 38 times."""
+    Intel Xeon, one thread, where the job scores 100 images about 44 times."""
     net = nets.build_net(name, phase="deploy", num_classes=cfg.num_classes, width_divisor=cfg.width_divisor)
     return net.eval().optimize()
 

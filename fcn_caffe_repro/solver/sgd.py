@@ -90,10 +90,10 @@ class SGDSolver:
 
     @staticmethod
     def _fuse_upsampling(net):
-        """Run the net's upsampling paths (Deconvolution -> Crop -> Eltwise SUM) through the
-        fused op and its backward (fusion.py) when the extension is built and the net is on the
-        CPU: a frozen bilinear deconvolution then runs depthwise, not as a C x C product (6.9 of
-        the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as they are."""
+        """Run the net's upsampling paths (Deconvolution -> Crop, with the Eltwise SUM of a skip)
+        through the fused op and its backward (fusion.py) when the extension is built and the net
+        is on the CPU: a frozen bilinear deconvolution then runs depthwise, not as a C x C product
+        (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given."""
         if ops.extension_available() and all(p.device.type == "cpu" for p in net.parameters()):
             net.set_plan(fusion.fused_plan(net.plan))
 
