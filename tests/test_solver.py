@@ -232,6 +232,18 @@ def test_the_upsampling_trains_through_the_fused_op_with_the_same_steps(upscore_
     assert moved == bool(upscore_lr)
 
 
+def test_a_net_off_the_cpu_trains_on_its_layers():
+    """A net fused by a solver on the CPU and then moved (make_solver with a solver file does
+    that) trains on its layer plan: the fused op runs in training on the CPU only."""
+    net = tiny_net(dropout=False)
+    SGDSolver(net, base_lr=0.01, lr_policy="fixed")
+    assert any(isinstance(s.module, FusedDeconvCropSum) for s in net.plan) == ops.extension_available()
+    net.to("meta")
+    SGDSolver(net, base_lr=0.01, lr_policy="fixed")
+    assert not any(isinstance(s.module, FusedDeconvCropSum) for s in net.plan)
+    assert [s.name for s in net.plan] == [s.name for s in layer_steps(net)]
+
+
 # --- learning-rate policies against Caffe's formulas -----------------------------------------------
 def caffe_multistep(p, it):
     """Caffe's stateful multistep: current_step_ advances at most once per GetLearningRate call."""

@@ -93,9 +93,13 @@ class SGDSolver:
         """Run the net's upsampling paths (Deconvolution -> Crop, with the Eltwise SUM of a skip)
         through the fused op and its backward (fusion.py) when the extension is built and the net
         is on the CPU: a frozen bilinear deconvolution then runs depthwise, not as a C x C product
-        (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given."""
+        (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given.
+        A net on another device trains on its layers: the fused op's CUDA kernels have run only
+        under an emulated launch, never in a training loop on a GPU."""
         if ops.extension_available() and all(p.device.type == "cpu" for p in net.parameters()):
             net.set_plan(fusion.fused_plan(net.plan))
+        elif any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
+            fusion.fuse(net, enabled=False)
 
     @staticmethod
     def _learnable_blobs(net):
