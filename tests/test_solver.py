@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import CAFFE_REF, rel_err
+from fcn_caffe_repro import ops
 from fcn_caffe_repro.caffe import caffemodel
 from fcn_caffe_repro.caffe.spec import L, NetBuilder, crop, max_pool
-from fcn_caffe_repro import ops
 from fcn_caffe_repro.errors import CaffeError, PrototxtError
 from fcn_caffe_repro.fusion import FusedDeconvCropSum
 from fcn_caffe_repro.net import CaffeNet
