@@ -58,9 +58,14 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
         return _Im2colConv.apply(x, weight, bias, tuple(stride), tuple(pad), tuple(dilation), tuple(out_shape))
     layout = torch.channels_last if x.shape[1] <= CHANNELS_LAST_MAX_CHANNELS else torch.contiguous_format
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
-    if _border_reach(weight.shape[2:], stride, pad, dilation) and bool(torch.isfinite(weight).all()):
-        return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups, layout)
-    if ops.small_conv_applies(x, weight, stride, pad, dilation, groups) and bool(torch.isfinite(weight).all()):
+    # the two paths exclude each other (a border needs padding past the window's reach, small_conv
+    # padding 1 on a 3x3 window); both skip products with the padding, which a non-finite weight
+    # would make NaN in Caffe, so such a weight takes F.conv2d
+    border = _border_reach(weight.shape[2:], stride, pad, dilation)
+    if (border or ops.small_conv_applies(x, weight, stride, pad, dilation, groups)) \
+            and bool(torch.isfinite(weight).all()):
+        if border:
+            return _BorderConv.apply(x, weight, bias, tuple(pad), tuple(dilation), groups, layout)
         return ops.small_conv(x, weight, bias)
     return F.conv2d(x, weight, bias, stride, pad, dilation, groups)
 
