@@ -20,7 +20,7 @@ from fcn_caffe_repro import ops
 from fcn_caffe_repro.caffe import caffemodel
 from fcn_caffe_repro.caffe.spec import L, NetBuilder, crop, max_pool
 from fcn_caffe_repro.errors import CaffeError, PrototxtError
-from fcn_caffe_repro.fusion import FusedDeconvCropSum
+from fcn_caffe_repro.fusion import FusedDeconvCropSum, fuse
 from fcn_caffe_repro.net import CaffeNet
 from fcn_caffe_repro.plan import layer_steps
 from fcn_caffe_repro.solver import (NonFiniteLoss, SGDSolver, SnapshotError, atomic_save, learning_rate,
@@ -242,6 +242,18 @@ def test_a_net_off_the_cpu_trains_on_its_layers():
     SGDSolver(net, base_lr=0.01, lr_policy="fixed")
     assert not any(isinstance(s.module, FusedDeconvCropSum) for s in net.plan)
     assert [s.name for s in net.plan] == [s.name for s in layer_steps(net)]
+
+
+def test_a_cpu_net_keeps_its_own_fused_plan_without_the_extension(monkeypatch):
+    """Without the extension the solver leaves a CPU net's plan as the user set it: a plan
+    fused with the torch implementation is not put back on its layers."""
+    monkeypatch.setattr(ops, "extension_available", lambda: False)
+    net = tiny_net(dropout=False)
+    fuse(net, impl="torch")
+    plan = [s.name for s in net.plan]
+    SGDSolver(net, base_lr=0.01, lr_policy="fixed")
+    assert [s.name for s in net.plan] == plan
+    assert any(isinstance(s.module, FusedDeconvCropSum) for s in net.plan)
 
 
 # --- learning-rate policies against Caffe's formulas -----------------------------------------------
@@ -532,6 +544,13 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_named(clip, value):
     assert solver.iter == 0 and all(torch.equal(w, weights(solver.net)[k]) for k, w in before.items())
 
 
+def _score_gradient_near_float32_max(solver, loss):
+    """A gradient hook: every element of score's weight gradient 3e38, finite, while the norm
+    of the blob passes float32's range."""
+    solver.net.score.weight.grad.fill_(3e38)
+    return loss
+
+
 def test_a_finite_gradient_past_float32s_norm_range_is_clipped_not_refused():
     """Each gradient is finite but the norm of score's passes float32's range: the clip scales
     it down (its norm summed again in float64) instead of calling it non-finite."""
@@ -539,11 +558,7 @@ def test_a_finite_gradient_past_float32s_norm_range_is_clipped_not_refused():
                                       "weight_decay": 0.0})
     before = weights(solver.net)
 
-    def blow_up(s, loss):
-        s.net.score.weight.grad.fill_(3e38)
-        return loss
-
-    solver.gradient_hooks.append(blow_up)
+    solver.gradient_hooks.append(_score_gradient_near_float32_max)
     solver.step(**tiny_batch(0))
     moved = {k: float((w - before[k]).double().norm()) for k, w in weights(solver.net).items()}
     assert math.isclose(moved["score/0"], 1.0, rel_tol=1e-4)  # the whole step has norm clip = 1
@@ -557,11 +572,7 @@ def test_a_finite_gradient_past_float32s_norm_range_is_applied_without_a_clip():
                                       "weight_decay": 0.0})
     before = weights(solver.net)["score/0"]
 
-    def blow_up(s, loss):
-        s.net.score.weight.grad.fill_(3e38)
-        return loss
-
-    solver.gradient_hooks.append(blow_up)
+    solver.gradient_hooks.append(_score_gradient_near_float32_max)
     solver.step(**tiny_batch(0))
     assert solver.iter == 1
     assert torch.allclose(weights(solver.net)["score/0"], before - 3e8, rtol=1e-6)

@@ -96,9 +96,10 @@ class SGDSolver:
         (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given.
         A net on another device trains on its layers: the fused op's CUDA kernels have run only
         under an emulated launch, never in a training loop on a GPU."""
-        if ops.extension_available() and all(p.device.type == "cpu" for p in net.parameters()):
+        on_cpu = all(p.device.type == "cpu" for p in net.parameters())
+        if on_cpu and ops.extension_available():
             net.set_plan(fusion.fused_plan(net.plan))
-        elif any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
+        elif not on_cpu and any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
             fusion.fuse(net, enabled=False)
 
     @staticmethod
