@@ -146,8 +146,8 @@ class Synthetic(SegDataset):
 
     ``seed`` and the index determine each image; ``size`` is an int or (height, width);
     ``num_classes`` counts the background (class 0), so at least 2. ``keep``: hold each generated
-    image in memory (a held-out set scored again and again: generating one takes about as long
-    as a third of FCN-8s's forward at width/16).
+    image in memory (a held-out set scored again and again: generating one takes about a quarter
+    of FCN-8s's forward at width/16).
     """
 
     def __init__(self, seed=0, n=1000, size=128, num_classes=6, mean=VOC_MEAN, objects=(2, 5), keep=False):
