@@ -52,16 +52,16 @@ class Config:
     size: int = 128
     num_classes: int = 6
     width_divisor: int = 16
-    # FCN-32s, 16s, 8s. From the object-centric classifier (mean IU, seed 1337, lr 6e-7 at clip
-    # 3e4): FCN-32s 40.8 after 1000 iterations and 43.9 after 1500 (seed 7: 40.2 and 42.0; seed 2:
-    # 40.0 after 1000), so 1500. The skip stages learn fast and FCN-8s gains most from iterations: from that
-    # FCN-32s, FCN-16s / FCN-8s scored 59.6 / 80.1 with (1000, 2000) more, 52.1 / 81.7 with
-    # (500, 2500), 49.1 / 83.7 with (300, 2700), where FCN-8s at once scored 86.5 after 4500.
-    # At once leads staged FCN-8s while the skips still learn (the gap narrows with training), so
-    # the time the fused training path saved went to FCN-8s: 3300. FCN-16s has 500: its last
-    # iterate is noisy after few iterations (the clip below, AMD EPYC, six seeds: FCN-16s -
-    # FCN-32s at least +2.5 / +6.2 / +7.9 after 300 / 400 / 500; mean +4.9 / +8.7 / +10.4), paid
-    # by validating every 1000 iterations on images generated once.
+    # FCN-32s, 16s, 8s. From the object-centric classifier (mean IU, seed 1337, lr 6e-7 at clip 3e4):
+    # FCN-32s 40.8 after 1000 iterations and 43.9 after 1500 (seed 7: 40.2 and 42.0; seed 2: 40.0
+    # after 1000), so 1500. The skip stages learn fast and FCN-8s gains most from iterations: from
+    # that FCN-32s, FCN-16s / FCN-8s scored 59.6 / 80.1 with (1000, 2000) more, 52.1 / 81.7 with (500,
+    # 2500), 49.1 / 83.7 with (300, 2700), where FCN-8s at once scored 86.5 after 4500. At once leads
+    # staged FCN-8s while the skips still learn (the gap narrows with training), so the time the fused
+    # training path saved went to FCN-8s: 3300. FCN-16s has 500: its last iterate is noisy after few
+    # iterations (the clip below, AMD EPYC, six seeds: FCN-16s - FCN-32s at least +2.5 / +6.2 / +7.9
+    # after 300 / 400 / 500; mean +4.9 / +8.7 / +10.4), paid by validating every 1000 iterations on
+    # images generated once.
     iters: tuple = (1500, 500, 3300)
     # The release's 1e-10 (momentum 0.99) is for 500×500 images and the full-width VGG16: with an
     # unnormalised loss the gradient grows with the pixel count (15× fewer here) and the 16×
