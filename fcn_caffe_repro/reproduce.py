@@ -157,7 +157,7 @@ def _solver(name, cfg, **overrides):
 def _val_net(name, cfg):
     """The deploy net the scores come from, in the fast inference mode (fast/: oneDNN with the ReLU
     fused and weights prepacked, the skips fused): 18 against 28 ms per image for FCN-8s on an
-    Intel Xeon, one thread, where the job scores 100 images about 44 times."""
+    Intel Xeon, one thread, where the job scores 100 images 25 times."""
     net = nets.build_net(name, phase="deploy", num_classes=cfg.num_classes, width_divisor=cfg.width_divisor)
     return net.eval().optimize()
 
@@ -278,7 +278,7 @@ def _stage(cfg, out, key, source, iters, start, bar_position):
 def _with_ends(curve, initial, final, iters):
     """The run's log records with its scores before and after training as validations at
     iterations 0 and `iters` (unless logged there), so every curve runs from its start to the
-    table's number, FCN-16s's 300 iterations (no validation of their own) included."""
+    table's number, runs shorter than the validation interval (FCN-16s's 500) included."""
     def val(it, scores):
         return {"event": "val", "iter": it, "results": {"label": scores["metrics"]}}
 
