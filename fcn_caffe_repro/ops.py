@@ -22,7 +22,7 @@ except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
 __all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem",
-           "max_pool", "max_pool_applies", "small_conv", "small_conv_applies"]
+           "max_pool", "max_pool_applies", "relu_max_pool", "small_conv", "small_conv_applies"]
 
 _BUILD_HINT = ("build it from the repository root with "
                "`pip install --no-build-isolation --no-deps -e .`")
@@ -120,6 +120,39 @@ class _MaxPool(torch.autograd.Function):
         (winners,) = ctx.saved_tensors
         size, kernel, stride = ctx.geometry
         return torch.ops.fcn_caffe_repro.max_pool_backward(dy, winners, size, kernel, stride), None, None
+
+
+def relu_max_pool(x, kernel, stride, in_place=False):
+    """ReLU then MAX pooling as one op recorded for autograd (max_pool's conditions): returns
+    (relu(x), pooled). The ReLU's top carries no gradient (the pooling must be its only reader);
+    the backward keeps the winners' positions and one byte per pooled element telling whether it
+    is positive, not the activation-sized ReLU top: the ReLU's gradient is zero except at the
+    winners, and at a winner it passes exactly when the pooled value (the winner's) is positive.
+    `in_place`: write relu(x) into x (x must have no other reader that saved it)."""
+    return _ReLUMaxPool.apply(x, tuple(kernel), tuple(stride), bool(in_place))
+
+
+class _ReLUMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, in_place):
+        y = x.clamp_min_(0) if in_place else x.clamp_min(0)  # F.relu's kernel (NaN stays NaN)
+        if in_place:
+            ctx.mark_dirty(y)
+        ctx.mark_non_differentiable(y)
+        pooled, winners = torch.ops.fcn_caffe_repro.max_pool_forward(y, list(kernel), list(stride))
+        ctx.save_for_backward(winners, pooled > 0)
+        ctx.geometry = (list(x.shape), list(kernel), list(stride))
+        return y, pooled
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _, dpooled):
+        winners, positive = ctx.saved_tensors
+        size, kernel, stride = ctx.geometry
+        # a product, as Caffe's ReLU backward (top_diff x (bottom > 0)): an inf or NaN gradient
+        # at a non-positive winner gives NaN there, as in Caffe
+        dx = torch.ops.fcn_caffe_repro.max_pool_backward(dpooled * positive, winners, size, kernel, stride)
+        return dx, None, None, None
 
 
 SMALL_CONV_CHANNELS = (4, 8, 16)  # at 32 oneDNN is faster

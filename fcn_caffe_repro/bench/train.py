@@ -38,8 +38,8 @@ DEFAULT, PREVIOUS = "default path (this tree)", "previous plain path"
 
 class _PreviousSolver(SGDSolver):
     """SGDSolver as it was before the training path was tuned: glibc's default heap, the
-    upsampling paths as separate layers, and a finiteness check that materialises isfinite(g)
-    for every gradient."""
+    upsampling paths and the ReLU before each pooling as separate layers, and a finiteness check
+    that materialises isfinite(g) for every gradient."""
 
     @staticmethod
     def _keep_freed_memory():
@@ -47,6 +47,10 @@ class _PreviousSolver(SGDSolver):
 
     @staticmethod
     def _fuse_upsampling(net):
+        pass
+
+    @staticmethod
+    def _fuse_relu_pool(net):
         pass
 
     def _check_finite(self, loss):

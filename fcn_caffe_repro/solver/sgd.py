@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fusion, heap, ops
+from .. import fusion, heap, ops, relu_pool
 from ..caffe.proto import check_fields
 from ..caffe.spec import NetSpec
 from ..errors import CaffeError
@@ -71,6 +71,7 @@ class SGDSolver:
         check_params(self.params)
         self._keep_freed_memory()
         self._fuse_upsampling(net)
+        self._fuse_relu_pool(net)
         self.net = net
         self.iter = 0
         self.gradient_hooks = []  # f(solver, loss) -> loss, run once the gradients are summed
@@ -101,6 +102,15 @@ class SGDSolver:
             net.set_plan(fusion.fused_plan(net.plan))
         elif not on_cpu and any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
             fusion.fuse(net, enabled=False)
+
+    @staticmethod
+    def _fuse_relu_pool(net):
+        """Run each ReLU whose top only a MAX pooling reads together with that pooling (relu_pool.py)
+        when the extension is built and the net is on the CPU: the backward then keeps the pooled
+        top's sign instead of the activation-sized ReLU top (238 MB of full-width FCN-32s's
+        iteration peak at 500x500). Elsewhere the fused step runs the two layers as they are."""
+        if all(p.device.type == "cpu" for p in net.parameters()) and ops.extension_available():
+            net.set_plan(relu_pool.fused_plan(net.plan))
 
     @staticmethod
     def _learnable_blobs(net):
