@@ -15,7 +15,7 @@ from torch import nn
 from . import layers as L
 from . import ops
 from .errors import NetError
-from .plan import Step, layer_steps
+from .plan import Step, layer_steps, readers_of
 from .torch_private import version_counter
 
 
@@ -93,17 +93,6 @@ def _spatial_crop(m):
     return isinstance(m, L.Crop) and m.axis == 2 and len(m.offsets) == 2
 
 
-def _readers(steps, blob, start):
-    """Indices of the steps from `start` on that read `blob` before it is written again."""
-    out = []
-    for i in range(start, len(steps)):
-        if blob in steps[i].bottom:
-            out.append(i)
-        if blob in steps[i].top:
-            break
-    return out
-
-
 def fuse(net, enabled=True, impl="ext"):
     """Install the layer plan of `net` with its upsampling paths fused (enabled=False: unfused);
     returns the net. Parameters and results are unchanged; the fused-away blobs are not produced."""
@@ -122,7 +111,7 @@ def fused_plan(steps, impl="ext"):
             i += 1
             continue
         u = d.top[0]
-        readers = _readers(steps, u, i + 1)
+        readers = readers_of(steps, u, i + 1)
         replacement = _match_skip(steps, readers, d, impl) or _match_final(steps, readers, d, impl)
         if replacement is None:
             i += 1
@@ -147,7 +136,7 @@ def _match_skip(steps, readers, d, impl):
     if not (isinstance(em, L.Eltwise) and em.op == "SUM" and all(k == 1 for k in em.coeffs)
             and sorted(e.bottom) == sorted([u, s_c]) and len(e.top) == 1):
         return None
-    if _readers(steps, s_c, readers[0] + 1) != [readers[1]]:
+    if readers_of(steps, s_c, readers[0] + 1) != [readers[1]]:
         return None
     module = FusedDeconvCropSum(d.module, c.module.offsets, True, impl)
     return readers[1], [readers[0]], c.bottom[0], e.top[0], module

@@ -33,3 +33,14 @@ def with_frees(steps, keep):
         if blob not in keep and blob not in steps[i].top:
             frees[i].append(blob)
     return [(step, tuple(f)) for step, f in zip(steps, frees)]
+
+
+def readers_of(steps, blob, start):
+    """Indices of the steps from `start` on that read `blob` before a step writes it again."""
+    out = []
+    for i in range(start, len(steps)):
+        if blob in steps[i].bottom:
+            out.append(i)
+        if blob in steps[i].top:
+            break
+    return out

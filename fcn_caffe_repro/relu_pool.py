@@ -19,7 +19,7 @@ from torch import nn
 
 from . import layers as L
 from . import ops, train_ops
-from .plan import Step
+from .plan import Step, readers_of
 
 
 class ReLUMaxPool(nn.Module):
@@ -84,7 +84,7 @@ def _match(steps, i):
             and len(relu.bottom) == 1 and len(relu.top) == 1):
         return None
     top = relu.top[0]
-    readers = _readers(steps, top, i + 1)
+    readers = readers_of(steps, top, i + 1)
     if len(readers) != 1:
         return None
     pool = steps[readers[0]]
@@ -99,17 +99,6 @@ def _in_place_relu(steps, i):
     s = steps[i]
     return (type(s.module) is L.ReLU and s.module.negative_slope == 0 and len(s.bottom) == 1
             and s.bottom == s.top and _written_by_convolution(steps, s.top[0], i))
-
-
-def _readers(steps, blob, start):
-    """Indices of the steps from `start` on that read `blob` before it is written again."""
-    out = []
-    for i in range(start, len(steps)):
-        if blob in steps[i].bottom:
-            out.append(i)
-        if blob in steps[i].top:
-            break
-    return out
 
 
 def _written_by_convolution(steps, blob, i):
