@@ -1,4 +1,4 @@
-"""Shared test helpers: fixture paths, Caffe's parity measure, a per-test seed."""
+"""Shared test helpers: fixture paths, Caffe's parity measure, seeded weights, a per-test seed."""
 import zlib
 from pathlib import Path
 
@@ -18,6 +18,15 @@ def rel_err(ours, caffe):
     assert ours.shape == caffe.shape, f"shape {ours.shape} != Caffe's {caffe.shape}"
     scale = np.abs(caffe).max() if caffe.size else 0.0
     return float(np.abs(ours - caffe).max() / scale) if scale > 0 else float(np.abs(ours).max())
+
+
+def randomize(net, seed):
+    """Every parameter of `net` drawn from N(0, 1) with a generator of its own seed; returns it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return net
 
 
 @pytest.fixture

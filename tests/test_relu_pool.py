@@ -4,10 +4,11 @@ kept for the backward, and only where nothing else reads what it changes."""
 import pytest
 import torch
 
+from conftest import randomize
 import fcn_caffe_repro as fcr
 from fcn_caffe_repro import ops, relu_pool
 from fcn_caffe_repro.caffe.spec import L as S
-from fcn_caffe_repro.caffe.spec import NetBuilder, conv_relu, max_pool
+from fcn_caffe_repro.caffe.spec import NetBuilder, max_pool
 from fcn_caffe_repro.net import CaffeNet
 from fcn_caffe_repro.plan import layer_steps
 
@@ -109,12 +110,7 @@ def _relu_pool_net(in_place=True, slope=0.0, second_reader=False, pool="MAX", re
         n.pool = S.Pooling(n.relu, pool=pool, kernel_size=2, stride=2)
         if second_reader:
             n.other = S.Convolution(n.relu, num_output=2, kernel_size=1)
-    net = CaffeNet(n.to_spec("r"), phase="train")
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return net
+    return randomize(CaffeNet(n.to_spec("r"), phase="train"), 4)
 
 
 @pytest.mark.parametrize("case", [dict(slope=0.1), dict(second_reader=True), dict(pool="AVE")])

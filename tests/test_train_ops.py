@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CAFFE_REF, rel_err
+from conftest import CAFFE_REF, randomize, rel_err
 from fcn_caffe_repro import heap, ops, train_ops
 from fcn_caffe_repro.caffe.spec import L as S
 from fcn_caffe_repro.caffe.spec import NetBuilder, max_pool
@@ -84,12 +84,7 @@ def conv_net(channels, num_output, size=12):
     n = NetBuilder()
     n.data = S.Input(input_param=dict(shape=dict(dim=[1, channels, size, size])))
     n.conv = S.Convolution(n.data, num_output=num_output, kernel_size=3, pad=1)
-    net = CaffeNet(n.to_spec("c"), phase="train")
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return net
+    return randomize(CaffeNet(n.to_spec("c"), phase="train"), 1)
 
 
 @pytest.mark.parametrize("channels, layout", [(16, torch.channels_last), (130, torch.contiguous_format)])
