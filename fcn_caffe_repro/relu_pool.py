@@ -5,9 +5,9 @@
 when the pooling is the ReLU top's only reader. The backward of the pair needs only the winners'
 positions and the sign of each pooled value, so the ReLU's activation-sized top is not kept for
 it: the last ReLU of each of VGG's conv blocks, 238 MB of tops in full-width FCN at 500x500 (125
-MB after conv1_2), held from the forward into the backward, where an iteration's memory peaks
-(with fc6's 411 MB weight gradient, the first one computed). The ReLU's top is still produced (in place when
-the prototxt has the ReLU in place) but carries no gradient: the pooling is its only reader.
+MB after conv1_2), held from the forward into the backward, where an iteration's memory peaks.
+The ReLU's top is still produced (in place when the prototxt has the ReLU in place) but carries
+no gradient: the pooling is its only reader.
 
 Every other in-place ReLU whose bottom a Convolution wrote (and nothing else read) runs in place,
 as Caffe's does: no activation-sized allocation per iteration (the convolution keeps its input,
