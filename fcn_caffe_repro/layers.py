@@ -358,11 +358,17 @@ class Pooling(CaffeLayer):
 
     def forward(self, x):
         if self.method == "MAX" and train_ops.wants_grad(x):
-            kernel, _ = self._geometry(x)
-            if ops.max_pool_applies(x, kernel, self.stride, self.pad):
+            kernel = self.byte_path_kernel(x)
+            if kernel is not None:
                 return (ops.max_pool(x, kernel, self.stride),)
             return (train_ops.recomputed(self.pool, x),)
         return (self.pool(x),)
+
+    def byte_path_kernel(self, x):
+        """The window when the training path's MAX pooling (ops.max_pool: a byte per pooled element
+        for the backward) computes this layer on x; else None."""
+        kernel, _ = self._geometry(x)
+        return kernel if self.method == "MAX" and ops.max_pool_applies(x, kernel, self.stride, self.pad) else None
 
     def _geometry(self, x):
         """The window and Caffe's output size (rows, cols) for bottom x; a clear error if x does

@@ -33,11 +33,10 @@ class ReLUMaxPool(nn.Module):
 
     def forward(self, x):
         relu, pool = self.layers
-        if train_ops.wants_grad(x):
-            kernel, _ = pool._geometry(x)
-            if ops.max_pool_applies(x, kernel, pool.stride, pool.pad):
-                # a leaf (a net input that wants a gradient) cannot be overwritten
-                return ops.relu_max_pool(x, kernel, pool.stride, self.in_place and x.grad_fn is not None)
+        kernel = pool.byte_path_kernel(x) if train_ops.wants_grad(x) else None
+        if kernel is not None:
+            # a leaf (a net input that wants a gradient) cannot be overwritten
+            return ops.relu_max_pool(x, kernel, pool.stride, self.in_place and x.grad_fn is not None)
         (y,) = relu(x)
         return (y,) + tuple(pool(y))
 
@@ -80,8 +79,7 @@ def fused_plan(steps):
 def _match(steps, i):
     """(index of the pooling, whether in place) when steps[i] is a ReLU that the pass fuses."""
     relu = steps[i]
-    if not (type(relu.module) is L.ReLU and relu.module.negative_slope == 0
-            and len(relu.bottom) == 1 and len(relu.top) == 1):
+    if not _plain_relu(relu):
         return None
     top = relu.top[0]
     readers = readers_of(steps, top, i + 1)
@@ -95,10 +93,15 @@ def _match(steps, i):
     return readers[0], in_place
 
 
+def _plain_relu(step):
+    """A ReLU layer of slope 0 with one bottom and one top."""
+    return (type(step.module) is L.ReLU and step.module.negative_slope == 0
+            and len(step.bottom) == 1 and len(step.top) == 1)
+
+
 def _in_place_relu(steps, i):
     s = steps[i]
-    return (type(s.module) is L.ReLU and s.module.negative_slope == 0 and len(s.bottom) == 1
-            and s.bottom == s.top and _written_by_convolution(steps, s.top[0], i))
+    return _plain_relu(s) and s.bottom == s.top and _written_by_convolution(steps, s.top[0], i)
 
 
 def _written_by_convolution(steps, blob, i):

@@ -56,6 +56,10 @@ class NonFiniteLoss(CaffeError, FloatingPointError):
         super().__init__(f"iteration {iteration}: {message}; weights not updated{keep}")
 
 
+def _on_cpu(net):
+    return all(p.device.type == "cpu" for p in net.parameters())
+
+
 class SGDSolver:
     """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
     weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
@@ -97,7 +101,7 @@ class SGDSolver:
         (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given.
         A net on another device trains on its layers: the fused op's CUDA kernels have run only
         under an emulated launch, never in a training loop on a GPU."""
-        on_cpu = all(p.device.type == "cpu" for p in net.parameters())
+        on_cpu = _on_cpu(net)
         if on_cpu and ops.extension_available():
             net.set_plan(fusion.fused_plan(net.plan))
         elif not on_cpu and any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
@@ -110,7 +114,7 @@ class SGDSolver:
         convolution in place: the backward keeps the pooled top's sign instead of the ReLU's top
         (full-width FCN-32s at 500x500: 238 MB of such tops; the bytes in use at the iteration's
         peak went from 2.44 to 2.26 GB). Elsewhere the fused step runs the two layers as they are."""
-        if all(p.device.type == "cpu" for p in net.parameters()) and ops.extension_available():
+        if _on_cpu(net) and ops.extension_available():
             net.set_plan(relu_pool.fused_plan(net.plan))
 
     @staticmethod
