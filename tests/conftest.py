@@ -10,6 +10,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CAFFE_REF = FIXTURES / "caffe-ref"
 REFERENCE = FIXTURES / "reference"
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
 
 def rel_err(ours, caffe):
     """max |ours - caffe| / max |caffe|: the caffe-ref README's parity measure."""
@@ -27,6 +29,16 @@ def randomize(net, seed):
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
     return net
+
+
+@pytest.fixture
+def cuda_ieee_float32():
+    """CUDA float32 as IEEE float32, as Caffe computes it: TF32 off in matmul and cuDNN for the
+    test, restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture

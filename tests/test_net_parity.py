@@ -1,32 +1,39 @@
-"""Whole-net parity with real Caffe: every blob of every caffe-ref net, float32 and float64."""
+"""Whole-net parity with real Caffe: every blob of every caffe-ref net, float32 and float64, and
+float32 on a CUDA GPU where there is one."""
 import numpy as np
 import pytest
 import torch
 
-from conftest import CAFFE_REF, rel_err
+from conftest import CAFFE_REF, needs_cuda, rel_err
 import fcn_caffe_repro as fcr
 
 NETS = sorted(p.name for p in (CAFFE_REF / "nets").iterdir() if p.is_dir())
 LOSS_TOL, BLOB_TOL = 1e-4, 1e-5
 
 
-def forward(name, dtype, **kw):
+def forward(name, dtype, device="cpu", **kw):
+    """The net on `device` in `dtype`, Caffe's blobs, and ours (on the CPU)."""
     folder = CAFFE_REF / "nets" / name
-    net = fcr.CaffeNet.from_prototxt(folder / "net.prototxt", weights=folder / "weights.caffemodel", **kw).to(dtype)
+    net = fcr.CaffeNet.from_prototxt(folder / "net.prototxt", weights=folder / "weights.caffemodel", **kw)
+    net = net.to(device, dtype)
     ref = np.load(folder / "blobs.npz")
     with torch.no_grad():
-        blobs = net(return_blobs=True, **{k: torch.from_numpy(ref[k]).to(dtype) for k in net.inputs})
-    return net, ref, blobs
+        blobs = net(return_blobs=True, **{k: torch.from_numpy(ref[k]).to(device, dtype) for k in net.inputs})
+    return net, ref, {k: v.cpu() for k, v in blobs.items()}
 
 
 def is_loss(net, blob):
     return blob in net.loss_weights
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype,device", [(torch.float32, "cpu"), (torch.float64, "cpu"),
+                                          pytest.param(torch.float32, "cuda", marks=needs_cuda)],
+                         ids=["f32", "f64", "cuda-f32"])
 @pytest.mark.parametrize("name", NETS)
-def test_every_blob_matches_caffe(name, dtype):
-    net, ref, blobs = forward(name, dtype)
+def test_every_blob_matches_caffe(name, dtype, device, request):
+    if device == "cuda":
+        request.getfixturevalue("cuda_ieee_float32")
+    net, ref, blobs = forward(name, dtype, device)
     assert set(ref.files) <= set(blobs), f"blobs Caffe has and we lack: {set(ref.files) - set(blobs)}"
     errors = {k: rel_err(blobs[k].numpy(), ref[k]) for k in ref.files}
     bad = {k: e for k, e in errors.items() if e > (LOSS_TOL if is_loss(net, k) else BLOB_TOL)}

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import needs_cuda
 from fcn_caffe_repro import ops
 
 op = torch.ops.fcn_caffe_repro.deconv_crop_sum if ops.extension_available() else None
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 
 def full_size(n, k, s):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CAFFE_REF, rel_err
+from conftest import CAFFE_REF, needs_cuda, rel_err
 from fcn_caffe_repro import ops
 from fcn_caffe_repro.caffe import caffemodel
 from fcn_caffe_repro.caffe.spec import L, NetBuilder, crop, max_pool
@@ -91,21 +91,26 @@ def weights(net):
 
 
 # --- parity with Caffe ----------------------------------------------------------------------------
-def run_fixture(mutate=None):
+def run_fixture(mutate=None, device="cpu"):
     solver = SGDSolver.from_prototxt(FIXTURE / "solver.prototxt", weights=FIXTURE / "init.caffemodel")
+    if device != "cpu":
+        solver = SGDSolver(solver.net.to(device), **solver.params)
     if mutate:
         mutate(solver)
     steps = np.load(FIXTURE / "steps.npz")
-    losses = [solver.step(data=torch.from_numpy(steps[f"data_{k}"]), label=torch.from_numpy(steps[f"label_{k}"]))
-              for k in range(5)]
+    losses = [solver.step(data=torch.from_numpy(steps[f"data_{k}"]).to(device),
+                          label=torch.from_numpy(steps[f"label_{k}"]).to(device)) for k in range(5)]
     final = caffemodel.read(FIXTURE / "final.caffemodel")
-    errs = {(name, i): rel_err(b.detach().numpy(), final[name][i].reshape(b.shape))
+    errs = {(name, i): rel_err(b.detach().cpu().numpy(), final[name][i].reshape(b.shape))
             for name, blobs in solver.net.params_by_layer().items() for i, b in enumerate(blobs)}
     return solver, losses, [float(steps[f"loss_{k}"]) for k in range(5)], errs
 
 
-def test_five_steps_match_caffe():
-    solver, losses, caffe_losses, errs = run_fixture()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_five_steps_match_caffe(device, request):
+    if device == "cuda":
+        request.getfixturevalue("cuda_ieee_float32")
+    solver, losses, caffe_losses, errs = run_fixture(device=device)
     for k, (ours, theirs) in enumerate(zip(losses, caffe_losses)):
         assert abs(ours - theirs) <= 1e-4 * abs(theirs), f"step {k}: loss {ours} vs Caffe's {theirs}"
     worst = max(errs, key=errs.get)
