@@ -2,9 +2,9 @@
 # Every check that needs a CUDA GPU, in one run: build the extension with CUDA, the GPU tests (the
 # fused op's CUDA kernels against the CPU op, gradcheck, opcheck, half precision, torch.compile;
 # every blob of every caffe-ref net and Caffe's five solver steps on the GPU), then
-# `tools/bench_fused.py --device cuda` and `tools/bench_net.py --device cuda --quick`.  Writes three
-# files to $OUT (the folder a device run brings back, which takes few files), else bench/device_check:
-# device_check.json (the machine, each step's exit status and time, the tests' counts and failures,
+# `tools/bench_fused.py --device cuda` (batches 1, 8, 32) and `tools/bench_net.py --device cuda`
+# (FCN-32s and FCN-8s, batches 1 and 4).  Writes three files to $OUT (the folder a device run brings
+# back, which takes few files), else bench/device_check: device_check.json (the machine, each step's exit status and time, the tests' counts and failures,
 # both benchmarks), README_tables.md (the README's tables) and logs.tar.gz (every step's log).  Each
 # step has a time limit so the whole fits in ten minutes on an H100/H200 from a cold start.  The
 # package is used from this tree (built in place, on PYTHONPATH), not installed.
@@ -58,13 +58,14 @@ step() {
   > "$logs/machine.log" 2>&1 || true
 # Only this GPU's architecture: a quarter of the nvcc time of a fat binary.
 arch=$($py -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-step build 200 env FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCH_CUDA_ARCH_LIST="$arch" \
+step build 150 env FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCH_CUDA_ARCH_LIST="$arch" \
   $py setup.py build_ext --inplace
-step gpu_tests 150 $py -m pytest -q -p no:randomly -p no:cacheprovider -rf tests/test_ops.py \
+step gpu_tests 100 $py -m pytest -q -p no:randomly -p no:cacheprovider -rf tests/test_ops.py \
   tests/test_net_parity.py tests/test_solver.py -k "cuda or torch_compile" --junitxml="$logs/gpu_tests.xml"
-step bench_fused 90 $py tools/bench_fused.py --device cuda --rounds 15 --net-rounds 3 \
+step bench_fused 90 $py tools/bench_fused.py --device cuda --batch 1 8 32 --rounds 15 --net-rounds 10 \
   --json "$logs/bench_fused_cuda.json"
-step bench_net 110 $py tools/bench_net.py --device cuda --quick --json "$logs/bench_net_cuda.json"
+step bench_net 220 $py tools/bench_net.py --device cuda --nets voc-fcn32s voc-fcn8s --batch 1 4 --repeats 10 \
+  --train-repeats 5 --warmup 2 --json "$logs/bench_net_cuda.json"
 
 $py - "$logs" "$out" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET

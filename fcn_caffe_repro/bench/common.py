@@ -1,4 +1,5 @@
-"""What the benchmarks (`fcn bench ...`) share: the process's memory as Linux reports it, and writing results."""
+"""What the benchmarks (`fcn bench ...`) share: the process's memory as Linux reports it, writing
+results, and IEEE float32 on CUDA."""
 import json
 import os
 
@@ -28,3 +29,12 @@ def write_json(path, payload):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=1)
+
+
+def ieee_float32_on_cuda():
+    """CUDA float32 as IEEE float32 (TF32 off in matmul and cuDNN): what the CPU paths and Caffe
+    compute, so the benchmarks compare the same arithmetic and their agreement checks hold."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..layers import bilinear_kernel
-from .common import reset_peak, status_bytes, write_json
+from .common import ieee_float32_on_cuda, reset_peak, status_bytes, write_json
 from .net import build  # the full-width net with random weights
 
 METHODS = ("fused", "caffe", "plain", "interp")
@@ -338,6 +338,8 @@ def main(argv=None):
         return memory_pass(args.batch)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
+    if args.device == "cuda":
+        ieee_float32_on_cuda()
     if not ops.extension_available():
         raise SystemExit("fcn_caffe_repro._C is not built: pip install --no-build-isolation --no-deps -e .")
 

@@ -52,7 +52,7 @@ import torch
 
 from . import opencv
 from .. import torch_private
-from .common import reset_peak, status_bytes, write_json
+from .common import ieee_float32_on_cuda, reset_peak, status_bytes, write_json
 
 NETS = ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "voc-fcn-alexnet")
 PATHS = ("plain", "fast", "bf16", "opencv")
@@ -150,8 +150,7 @@ def worker(cfg):
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        ieee_float32_on_cuda()
     import fcn_caffe_repro as fcr
     from fcn_caffe_repro import fast
 
@@ -411,7 +410,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
+        ieee_float32_on_cuda()
     load = os.getloadavg()[0]
     started = time.time()
     mm_before = mm_rate(args.device)
@@ -423,6 +422,7 @@ def main(argv=None):
     stream_table = stream_markdown(stream) if stream else ""
     summary = checks(rows, mm)
     meta = dict(device=args.device, machine=machine(), torch=torch.__version__,
+                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None,
                 threads=args.threads or torch.get_num_threads(), size=args.size, repeats=args.repeats,
                 train_repeats=args.train_repeats, warmup=args.warmup, mm_flops_before=mm_before,
                 mm_flops_after=mm_after, mm_flops=mm,
