@@ -4,10 +4,11 @@
 # every blob of every caffe-ref net and Caffe's five solver steps on the GPU), then
 # `tools/bench_fused.py --device cuda` (batches 1, 8, 32) and `tools/bench_net.py --device cuda`
 # (FCN-32s and FCN-8s, batches 1 and 4).  Writes three files to $OUT (the folder a device run brings
-# back, which takes few files), else bench/device_check: device_check.json (the machine, each step's exit status and time, the tests' counts and failures,
-# both benchmarks), README_tables.md (the README's tables) and logs.tar.gz (every step's log).  Each
-# step has a time limit so the whole fits in ten minutes on an H100/H200 from a cold start.  The
-# package is used from this tree (built in place, on PYTHONPATH), not installed.
+# back, which takes few files), else bench/device_check: device_check.json (the machine, each step's
+# exit status and time, the tests' counts and failures, both benchmarks), README_tables.md (the
+# README's tables) and logs.tar.gz (every step's log).  Each step has a time limit so the whole fits
+# in ten minutes on an H100/H200 from a cold start.  The package is used from this tree (built in
+# place, on PYTHONPATH), not installed.
 #
 # Without a GPU it says so and runs a dry mode instead: the CPU side of the CUDA checks (the CUDA
 # kernels under the emulated launch, tests/test_cuda_emulated.py) and exits 0.
