@@ -35,8 +35,8 @@ the issue's checks, and writes JSON.
     fcn bench net --bf16-miou out/reproduce/stages/fcn8s/fcn8s.caffemodel   # bench/precision.py
     fcn bench net --bf16-caffe-ref tests/fixtures/caffe-ref/nets            # the same, caffe-ref nets
 
---device cuda runs the same on a GPU (TF32 off; plain and fast only); that path has not been run
-on a GPU yet.
+--device cuda runs the same on a GPU (TF32 off; plain and fast only); the README has its figures
+from an H200 (tools/device_check.sh).
 """
 import argparse
 import json
