@@ -46,11 +46,7 @@ class _PreviousSolver(SGDSolver):
         pass
 
     @staticmethod
-    def _fuse_upsampling(net):
-        pass
-
-    @staticmethod
-    def _fuse_relu_pool(net):
+    def _training_plan(net):
         pass
 
     def _check_finite(self, loss):

@@ -74,8 +74,7 @@ class SGDSolver:
         self.params.update(params)
         check_params(self.params)
         self._keep_freed_memory()
-        self._fuse_upsampling(net)
-        self._fuse_relu_pool(net)
+        self._training_plan(net)
         self.net = net
         self.iter = 0
         self.gradient_hooks = []  # f(solver, loss) -> loss, run once the gradients are summed
@@ -94,28 +93,24 @@ class SGDSolver:
         heap.keep_freed_memory()
 
     @staticmethod
-    def _fuse_upsampling(net):
-        """Run the net's upsampling paths (Deconvolution -> Crop, with the Eltwise SUM of a skip)
-        through the fused op and its backward (fusion.py) when the extension is built and the net
-        is on the CPU: a frozen bilinear deconvolution then runs depthwise, not as a C x C product
-        (6.9 of the 46 ms of a width/16 FCN-32s iteration). The net's other steps stay as given.
-        A net on another device trains on its layers: on an H200 the fused op's CUDA backward of
-        the skip calls is launch-bound and no faster than the layers' (README, GPU section)."""
+    def _training_plan(net):
+        """On the CPU with the extension built, the net trains on two rewrites of its plan; the
+        net's other steps stay as given.
+        - Upsampling paths (Deconvolution -> Crop, with the Eltwise SUM of a skip) run through the
+          fused op and its backward (fusion.py): a frozen bilinear deconvolution then runs
+          depthwise, not as a C x C product (6.9 of the 46 ms of a width/16 FCN-32s iteration).
+        - Each ReLU whose top only a MAX pooling reads runs together with that pooling, and other
+          in-place ReLUs after a convolution run in place (relu_pool.py): the backward keeps the
+          pooled top's sign instead of the ReLU's top (full-width FCN-32s at 500x500: 238 MB of
+          such tops; the bytes in use at the iteration's peak went from 2.44 to 2.26 GB).
+        A net on another device trains on its layers (a fused plan it brings is undone): on an
+        H200 the fused op's CUDA backward of the skip calls is launch-bound and no faster than the
+        layers' (README, GPU section)."""
         on_cpu = _on_cpu(net)
         if on_cpu and ops.extension_available():
-            net.set_plan(fusion.fused_plan(net.plan))
+            net.set_plan(relu_pool.fused_plan(fusion.fused_plan(net.plan)))
         elif not on_cpu and any(isinstance(step.module, fusion.FusedDeconvCropSum) for step in net.plan):
             fusion.fuse(net, enabled=False)
-
-    @staticmethod
-    def _fuse_relu_pool(net):
-        """Run each ReLU whose top only a MAX pooling reads together with that pooling (relu_pool.py)
-        when the extension is built and the net is on the CPU, and other in-place ReLUs after a
-        convolution in place: the backward keeps the pooled top's sign instead of the ReLU's top
-        (full-width FCN-32s at 500x500: 238 MB of such tops; the bytes in use at the iteration's
-        peak went from 2.44 to 2.26 GB). Elsewhere the fused step runs the two layers as they are."""
-        if _on_cpu(net) and ops.extension_available():
-            net.set_plan(relu_pool.fused_plan(net.plan))
 
     @staticmethod
     def _learnable_blobs(net):
