@@ -14,6 +14,7 @@ so all see the same machine load. The previous path is kept here only: the layer
 glibc's default heap (fresh memory from the OS for every large block).
 """
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -42,8 +43,8 @@ class _PreviousSolver(SGDSolver):
     that materialises isfinite(g) for every gradient."""
 
     @staticmethod
-    def _keep_freed_memory():
-        pass
+    def _memory_policy(net):
+        return contextlib.nullcontext
 
     @staticmethod
     def _training_plan(net):
@@ -134,7 +135,10 @@ def mm_rate(n=4096):
     return 2 * n ** 3 / (time.perf_counter() - t)
 
 
-def run(net_name, size, iters, threads, warmup=1):
+def run(net_name, size, iters, threads, warmup=3):
+    """{path: median seconds per step}, the torch.mm rate, {path: peak RSS}. The first `warmup` steps
+    are not timed: the first allocates caches, and the step arena records the second and faults
+    its region in during the third (step_arena.py)."""
     ctx = multiprocessing.get_context("spawn")
     procs, conns = {}, {}
     for path in (DEFAULT, PREVIOUS):

@@ -15,6 +15,7 @@ Blobs with lr_mult 0 get no gradient (Caffe sets param_propagate_down false for 
 never touched, weight decay included. The loss returned by `step` is the mean over the iter_size
 passes, as Caffe reports it.
 """
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fusion, heap, ops, relu_pool
+from .. import fusion, heap, ops, relu_pool, step_arena
 from ..caffe.proto import check_fields
 from ..caffe.spec import NetSpec
 from ..errors import CaffeError
@@ -64,7 +65,7 @@ class SGDSolver:
     """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
     weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
     Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone).
-    Constructing one makes glibc keep freed memory in this process for reuse (heap.py)."""
+    Constructing one on a CPU net sets this process's memory policy for training (_step_memory)."""
 
     def __init__(self, net, **params):
         unknown = [k for k in params if k not in DEFAULTS]
@@ -73,7 +74,7 @@ class SGDSolver:
         self.params = defaults()
         self.params.update(params)
         check_params(self.params)
-        self._keep_freed_memory()
+        self._step_memory = self._memory_policy(net)
         self._training_plan(net)
         self.net = net
         self.iter = 0
@@ -87,10 +88,18 @@ class SGDSolver:
                         for _, _, p, _, _ in self.learnable]
 
     @staticmethod
-    def _keep_freed_memory():
-        """Every iteration frees and reallocates the same activations and gradients: keep freed
-        memory in the process (heap.py) so they come back without page faults."""
+    def _memory_policy(net):
+        """Every step frees and requests the same activations and gradients. glibc keeps freed
+        memory in the process (heap.py), so they come back without page faults; on the CPU with
+        the extension built, the step arena (step_arena.py) also places each step's large blocks by
+        a plan recorded from an earlier step, so the kept heap does not fragment (full-width
+        FCN-32s at 500x500: 2.26 GB in use at the step's peak, a 3.2 GB heap without it). Returns
+        what each step runs inside."""
         heap.keep_freed_memory()
+        if _on_cpu(net) and ops.extension_available():
+            step_arena.install()
+            return step_arena.step
+        return contextlib.nullcontext
 
     @staticmethod
     def _training_plan(net):
@@ -174,18 +183,20 @@ class SGDSolver:
         `step([inputs_1, ..., inputs_n])`, one dict of net inputs per forward/backward pass (a
         list of one dict also works for iter_size 1). Returns the loss, averaged over the passes."""
         batches = self._batches(batches, inputs)
-        for _, _, p, _, _ in self.learnable:  # ClearParamDiffs
-            p.grad = None
-        loss = 0.0
-        for batch in batches:
-            objective = self.net.objective(self.net(return_blobs=True, **batch))
-            objective.backward()
-            loss += float(objective.detach())
-        loss /= len(batches)
-        for hook in self.gradient_hooks:
-            loss = hook(self, loss)
-        l2 = self._check_finite(loss)
-        self._apply_update(l2)
+        with self._step_memory():
+            for _, _, p, _, _ in self.learnable:  # ClearParamDiffs
+                p.grad = None
+            loss = 0.0
+            for batch in batches:
+                objective = self.net.objective(self.net(return_blobs=True, **batch))
+                objective.backward()
+                loss += float(objective.detach())
+                del objective
+            loss /= len(batches)
+            for hook in self.gradient_hooks:
+                loss = hook(self, loss)
+            l2 = self._check_finite(loss)
+            self._apply_update(l2)
         self._update_smoothed_loss(loss)
         return loss
 
