@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -153,7 +154,7 @@ class StepArena final : public c10::Allocator {
       return;
     }
     if (plan_.empty()) {
-      ++steps_unplanned_;
+      if (steps_unplanned_ >= 0) ++steps_unplanned_;
       return;
     }
     diverged_steps_ = diverged_ ? diverged_steps_ + 1 : 0;
@@ -231,16 +232,23 @@ class StepArena final : public c10::Allocator {
     if (size != 0) munmap(data, size);
   }
 
-  // Called with the lock held, after a recorded step: its blocks packed into a new region.
+  // Called with the lock held, after a recorded step: its blocks packed into a new region. Where
+  // the region cannot be mapped, no plan: blocks stay mapped on their own, and no step is recorded
+  // again.
   void make_plan() {
     ++recordings_;
     std::vector<Placed> placed;
     const size_t top = pack(recorded_, events_, placed);
-    plan_ = std::move(placed);
     recorded_at_.clear();
-    if (plan_.empty()) return;
+    if (placed.empty()) return;
+    void* base = mmap(nullptr, top, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+      steps_unplanned_ = std::numeric_limits<int>::min();
+      return;
+    }
+    plan_ = std::move(placed);
     region_ = std::make_shared<Region>();
-    region_->base = static_cast<char*>(map_pages(top));
+    region_->base = static_cast<char*>(base);
     region_->size = top;
     region_live_.clear();
   }
@@ -252,7 +260,6 @@ class StepArena final : public c10::Allocator {
     diverged_steps_ = 0;
   }
 
- private:
   c10::Allocator* small_ = nullptr;
   std::mutex mutex_;
   std::unordered_map<void*, Block> live_;
