@@ -52,44 +52,24 @@ class Config:
     size: int = 128
     num_classes: int = 6
     width_divisor: int = 16
-    # FCN-32s, 16s, 8s. From the object-centric classifier (mean IU, seed 1337, lr 6e-7 at clip 3e4):
-    # FCN-32s 40.8 after 1000 iterations and 43.9 after 1500 (seed 7: 40.2 and 42.0; seed 2: 40.0
-    # after 1000), so 1500. The skip stages learn fast and FCN-8s gains most from iterations: from
-    # that FCN-32s, FCN-16s / FCN-8s scored 59.6 / 80.1 with (1000, 2000) more, 52.1 / 81.7 with (500,
-    # 2500), 49.1 / 83.7 with (300, 2700), where FCN-8s at once scored 86.5 after 4500. At once leads
-    # staged FCN-8s while the skips still learn (the gap narrows with training), so the time the fused
-    # training path saved went to FCN-8s: 3300. FCN-16s has 500: its last iterate is noisy after few
-    # iterations (the clip below, AMD EPYC, six seeds: FCN-16s - FCN-32s at least +2.5 / +6.2 / +7.9
-    # after 300 / 400 / 500; mean +4.9 / +8.7 / +10.4), paid by validating every 1000 iterations on
-    # images generated once.
+    # The measurements behind each value below are in the README's main-job section (the recipe
+    # and the trials, seeds and CPUs named there).
+    # FCN-32s, 16s, 8s: FCN-32s reaches about 40 after 1500; FCN-16s needs 500 for its last iterate
+    # to settle; the rest goes to FCN-8s, which gains most from iterations (at once's lead narrows).
     iters: tuple = (1500, 500, 3300)
-    # The release's 1e-10 (momentum 0.99) is for 500×500 images and the full-width VGG16: with an
-    # unnormalised loss the gradient grows with the pixel count (15× fewer here) and the 16×
-    # narrower layers change the weights' scale. Caffe's clip_gradients below the usual gradient
-    # norm (about 1.6e4 to 2.7e5 here) makes nearly every step the same length, lr × clip: one-image
-    # batches then take no huge steps, and every run (staged or at once) moves at one pace.
-    # Measured on an AMD EPYC (seeds 3 / 5 / 7 / 1337): clip 3e4 at lr 6e-7 gave FCN-32s 40.0 /
-    # 39.5 / 41.2 / 37.3 (seeds 2, 11: 39.8, 41.5), staged FCN-8s 79.5 / 81.9 / 84.4 / 79.2 and at
-    # once - staged +7.2 / +4.0 / +2.0 / +7.3; clip 1e4 at lr 1.8e-6 (the same longest step)
-    # FCN-32s 41.0 / 39.5 / 41.8 / 40.5 (2, 11: 40.9, 42.5), FCN-8s 85.1 / 81.5 / 84.9 / 84.6,
-    # +1.4 / +5.3 / +3.7 / +2.8. FCN-32s (six seeds' mean): 39.4 at clip 1e4 and lr 6e-7, 40.7 at
-    # 1.2e-6, 40.4 at 2.4e-6, 34.7 at 3.6e-6 (three seeds), 40.8 at clip 3e3 and lr 6e-6; 33.2 at
-    # clip 1e5 and lr 6e-7. Momentum 0.99 (the release's) at lr 1.8e-7: FCN-32s 34.5 / 35.3 (seeds
-    # 5 / 1337) and FCN-16s below it. One lr for every stage: lowering the later stages' lr as the
-    # release does hurt.
+    # The release's 1e-10 at momentum 0.99 is for 500x500 images and the full-width VGG16: with an
+    # unnormalised loss the gradient grows with the pixel count (15x fewer here). A clip below the
+    # usual gradient norm makes nearly every step lr x clip long, so one-image batches take no huge
+    # steps and every run moves at one pace; one lr for every stage.
     base_lr: float = 1.8e-6
     momentum: float = 0.9
     clip_gradients: float = 1e4
     # Caffe's "step" policy, lr x0.1 from this fraction of each run's iterations (0: fixed lr, as
-    # the release). One-image batches at a fixed lr leave the last iterate noisy: FCN-8s at once
-    # scored 71.3 after 3000 iterations and 65.2 after 3500 at a fixed lr, 75.3 after 3500 with
-    # the drop (with a classifier of uncentred objects, seed 1337); FCN-32s after 1000: 39.5 with
-    # the drop at 60 %.
+    # the release): one-image batches at a fixed lr leave the last iterate noisy.
     lr_drop_at: float = 0.8
     val_images: int = 100
-    # a validation of FCN-8s on 100 images took 1.1 s on an AMD EPYC (8.0 ms of deploy forward and
-    # 2.2 ms of generating per image; 0.9 s with the images kept): 9 % of at once's time when done
-    # every 500 iterations
+    # validating FCN-8s on 100 images takes about a second: every 1000 iterations costs a few % of
+    # a run's time
     val_every: int = 1000
     seed: int = 1337
     threads: int = 0  # 0: every core of the machine
