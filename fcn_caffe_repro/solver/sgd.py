@@ -65,7 +65,8 @@ class SGDSolver:
     """Caffe's SGD on a CaffeNet. `SGDSolver(net, base_lr=1e-10, lr_policy="fixed", momentum=0.99,
     weight_decay=5e-4, ...)` takes SolverParameter fields by name, with caffe.proto's defaults.
     Other constructors: `from_prototxt` (a solver file), `from_snapshot` (a snapshot alone).
-    Constructing one on a CPU net sets this process's memory policy for training (_step_memory)."""
+    Constructing one sets this process's memory policy for training (_memory_policy: glibc keeps
+    freed memory; on a CPU net the step arena places each step's large blocks)."""
 
     def __init__(self, net, **params):
         unknown = [k for k in params if k not in DEFAULTS]
