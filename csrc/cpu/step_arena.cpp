@@ -38,10 +38,10 @@ constexpr size_t kPage = 4096;
 constexpr int kWarmupSteps = 1;    // steps run before recording: first calls allocate caches
 constexpr int kReplanAfter = 2;    // diverging steps in a row before a new recording
 
+// Shared by the plan and by each block placed in it: unmapped when the last of them lets go.
 struct Region {
   char* base = nullptr;
   size_t size = 0;
-  int64_t live = 0;  // blocks of this region not yet freed
   ~Region() {
     if (base != nullptr) munmap(base, size);
   }
@@ -189,7 +189,6 @@ class StepArena final : public c10::Allocator {
     void* data = region_->base + plan_[k].offset;
     live_[data] = Block{size, region_, plan_[k].offset};
     region_live_[plan_[k].offset] = size;
-    ++region_->live;
     ++served_in_step_;
     return data;
   }
@@ -225,7 +224,6 @@ class StepArena final : public c10::Allocator {
         size = block.size;
       } else {
         if (block.region == region_) region_live_.erase(block.offset);
-        --block.region->live;
         region = std::move(block.region);  // a stale region is unmapped with its last block
       }
     }

@@ -192,7 +192,6 @@ class SGDSolver:
                 objective = self.net.objective(self.net(return_blobs=True, **batch))
                 objective.backward()
                 loss += float(objective.detach())
-                del objective
             loss /= len(batches)
             for hook in self.gradient_hooks:
                 loss = hook(self, loss)
