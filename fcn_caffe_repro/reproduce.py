@@ -52,8 +52,8 @@ class Config:
     size: int = 128
     num_classes: int = 6
     width_divisor: int = 16
-    # The measurements behind each value below are in the README's main-job section (the recipe
-    # and the trials, seeds and CPUs named there).
+    # The measurements behind each value below are in docs/main_job_trials.md (the recipe and the
+    # trials, seeds and CPUs named there).
     # FCN-32s, 16s, 8s: FCN-32s reaches about 40 after 1500; FCN-16s needs 500 for its last iterate
     # to settle; the rest goes to FCN-8s, which gains most from iterations (at once's lead narrows).
     iters: tuple = (1500, 500, 3300)
