@@ -59,7 +59,7 @@ class Config:
     iters: tuple = (1500, 500, 3300)
     # The release's 1e-10 at momentum 0.99 is for 500x500 images and the full-width VGG16: with an
     # unnormalised loss the gradient grows with the pixel count (15x fewer here). A clip below the
-    # usual gradient norm makes nearly every step lr x clip long, so one-image batches take no huge
+    # usual gradient norm makes most steps lr x clip long, so one-image batches take no huge
     # steps and every run moves at one pace; one lr for every stage.
     base_lr: float = 1.8e-6
     momentum: float = 0.9

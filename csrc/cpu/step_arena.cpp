@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -139,7 +138,7 @@ class StepArena final : public c10::Allocator {
     events_ = 0;
     diverged_ = false;
     mapped_in_step_ = served_in_step_ = 0;
-    recording_ = plan_.empty() && steps_unplanned_ >= kWarmupSteps;
+    recording_ = !unplannable_ && plan_.empty() && steps_unplanned_ >= kWarmupSteps;
     recorded_.clear();
     recorded_at_.clear();
   }
@@ -154,7 +153,7 @@ class StepArena final : public c10::Allocator {
       return;
     }
     if (plan_.empty()) {
-      if (steps_unplanned_ >= 0) ++steps_unplanned_;
+      if (steps_unplanned_ < kWarmupSteps) ++steps_unplanned_;
       return;
     }
     diverged_steps_ = diverged_ ? diverged_steps_ + 1 : 0;
@@ -213,7 +212,7 @@ class StepArena final : public c10::Allocator {
       }
       Block block = it->second;
       live_.erase(it);
-      if (in_step_ && recording_) {
+      if (recording_) {
         auto r = recorded_at_.find(data);
         if (r != recorded_at_.end()) {
           recorded_[r->second].freed = events_++;
@@ -241,7 +240,7 @@ class StepArena final : public c10::Allocator {
     if (placed.empty()) return;
     void* base = mmap(nullptr, top, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
-      steps_unplanned_ = std::numeric_limits<int>::min();
+      unplannable_ = true;
       return;
     }
     plan_ = std::move(placed);
@@ -267,6 +266,7 @@ class StepArena final : public c10::Allocator {
   std::vector<Recorded> recorded_;
   std::unordered_map<void*, size_t> recorded_at_;
   bool in_step_ = false, recording_ = false, diverged_ = false;
+  bool unplannable_ = false;  // a region could not be mapped: no step is recorded again
   int64_t position_ = 0, events_ = 0, served_in_step_ = 0, mapped_in_step_ = 0, recordings_ = 0;
   int steps_unplanned_ = 0, diverged_steps_ = 0;
 };
