@@ -18,6 +18,9 @@ def problem():
         return f"OpenCV is not installed ({e}); pip install 'opencv-python-headless<5' for its column"
     if not hasattr(cv2, "dnn"):
         return f"this OpenCV ({cv2.__version__}) has no dnn module"
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):  # OpenCV 5.x dropped the Caffe importer
+        return (f"this OpenCV ({cv2.__version__}) has no Caffe importer (cv2.dnn.readNetFromCaffe); "
+                "pip install 'opencv-python-headless<5' for its column")
     return None
 
 
