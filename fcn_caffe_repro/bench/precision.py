@@ -64,35 +64,44 @@ def report(result):
 
 
 def caffe_ref(folder):
-    """[(net, score blob, pixels, argmax agreement, max |bf16 - f32| / max |f32|, close)] of the fast
-    mode in bfloat16 against float32 for every caffe-ref net under `folder` (net.prototxt,
-    weights.caffemodel, blobs.npz with the inputs), on every input-sized score blob; `close`: the
-    fraction of pixels whose float32 top-2 margin is within twice the largest error (the only ones
-    whose argmax an error that size can flip)."""
+    """[(net, score blob, pixels, argmax agreement, max |bf16 - f32| / max |f32|, close, weights
+    agreement)] of the fast mode in bfloat16 against float32 for every caffe-ref net under `folder`
+    (net.prototxt, weights.caffemodel, blobs.npz with the inputs), on every input-sized score blob;
+    `close`: the fraction of pixels whose float32 top-2 margin is within twice the largest error (the
+    only ones whose argmax an error that size can flip); `weights agreement`: the argmax agreement of
+    the float32 fast mode with only its weights rounded to bfloat16, every operation in float32 (the
+    floor for any path that converts the weights to bfloat16)."""
     rows = []
     for d in sorted(p for p in Path(folder).iterdir() if (p / "net.prototxt").exists()):
         blobs = np.load(d / "blobs.npz")
         out = {}
-        for dtype in (torch.float32, torch.bfloat16):
+        for mode in ("float32", "bfloat16", "bfloat16 weights"):
             net = CaffeNet.from_prototxt(d / "net.prototxt", weights=d / "weights.caffemodel")
             inputs = {k: torch.from_numpy(blobs[k]) for k in net.inputs}
             with torch.no_grad():
-                out[dtype] = net.optimize(dtype=dtype)(return_blobs=True, **inputs)
+                if mode == "bfloat16 weights":
+                    for param in net.parameters():
+                        param.copy_(param.bfloat16())
+                dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+                out[mode] = net.optimize(dtype=dtype)(return_blobs=True, **inputs)
         data = next(iter(net.inputs))
-        for k in sorted(out[torch.float32]):
-            want, got = out[torch.float32][k], out[torch.bfloat16][k].float()
+        for k in sorted(out["float32"]):
+            want, got = out["float32"][k], out["bfloat16"][k].float()
             if not k.startswith("score") or want.dim() != 4 or want.shape[2:] != inputs[data].shape[2:]:
                 continue
             agree = (want.argmax(1) == got.argmax(1)).double().mean().item()
+            weights_agree = (want.argmax(1) == out["bfloat16 weights"][k].argmax(1)).double().mean().item()
             err = (got - want).abs().max()
             top2 = want.topk(2, 1).values
             close = ((top2[:, 0] - top2[:, 1]) <= 2 * err).double().mean().item()
-            rows.append((d.name, k, want[:, 0].numel(), agree, (err / want.abs().max()).item(), close))
+            rows.append((d.name, k, want[:, 0].numel(), agree, (err / want.abs().max()).item(), close,
+                         weights_agree))
     return rows
 
 
 def caffe_ref_report(rows):
     lines = ["| net | scores | pixels | argmax agreement | max error / max score | pixels with a top-2 margin "
-             "within 2x that error |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {k} | {p} | {100 * a:.2f} % | {e:.1e} | {100 * c:.1f} % |" for n, k, p, a, e, c in rows]
+             "within 2x that error | agreement with only the weights in bfloat16 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {k} | {p} | {100 * a:.2f} % | {e:.1e} | {100 * c:.1f} % | {100 * w:.2f} % |"
+              for n, k, p, a, e, c, w in rows]
     return "\n".join(lines)
