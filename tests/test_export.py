@@ -8,6 +8,7 @@ import torch
 import fcn_caffe_repro as fcr
 from conftest import CAFFE_REF, rel_err
 from fcn_caffe_repro import export
+from fcn_caffe_repro.bench import opencv
 from fcn_caffe_repro.cli import main as fcn
 
 ort = pytest.importorskip("onnxruntime")  # the [test] extra; CI installs it, so these run there
@@ -103,8 +104,8 @@ def test_export_command_checks_with_onnxruntime(tmp_path, capsys):
 def test_opencv_caffe_importer_reads_our_caffemodel(name, tmp_path):
     """OpenCV's Caffe importer (its own protobuf reader) on our writer's V2 caffemodel and our
     deploy prototxt: the same scores as ours and as Caffe's blobs.npz."""
-    if not hasattr(cv2.dnn, "readNetFromCaffe"):
-        pytest.skip(f"OpenCV {cv2.__version__} has no Caffe importer (5.x dropped it; [test] pins <5)")
+    if opencv.problem():
+        pytest.skip(opencv.problem())
     net = caffe_ref_net(name)
     net.save_caffemodel(tmp_path / "w.caffemodel")
     (tmp_path / "deploy.prototxt").write_text(net.to_prototxt())

@@ -63,6 +63,11 @@ def report(result):
     return "\n".join(lines)
 
 
+# (name, the fast mode's dtype, whether the weights are rounded to bfloat16 first)
+_CAFFE_REF_RUNS = (("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False),
+                   ("bfloat16 weights", torch.float32, True))
+
+
 def caffe_ref(folder):
     """[(net, score blob, pixels, argmax agreement, max |bf16 - f32| / max |f32|, close, weights
     agreement)] of the fast mode in bfloat16 against float32 for every caffe-ref net under `folder`
@@ -75,14 +80,13 @@ def caffe_ref(folder):
     for d in sorted(p for p in Path(folder).iterdir() if (p / "net.prototxt").exists()):
         blobs = np.load(d / "blobs.npz")
         out = {}
-        for mode in ("float32", "bfloat16", "bfloat16 weights"):
+        for mode, dtype, round_weights in _CAFFE_REF_RUNS:
             net = CaffeNet.from_prototxt(d / "net.prototxt", weights=d / "weights.caffemodel")
             inputs = {k: torch.from_numpy(blobs[k]) for k in net.inputs}
             with torch.no_grad():
-                if mode == "bfloat16 weights":
+                if round_weights:
                     for param in net.parameters():
                         param.copy_(param.bfloat16())
-                dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
                 out[mode] = net.optimize(dtype=dtype)(return_blobs=True, **inputs)
         data = next(iter(net.inputs))
         for k in sorted(out["float32"]):
