@@ -211,24 +211,36 @@ def _datasets(cfg):
 
 def _plan(cfg):
     """(run, initialised from, iterations of this run, first sample position = iterations before it),
-    in the order a free process takes the first whose source is ready. On 2 processes this puts
-    FCN-8s at once and FCN-8s on one, FCN-32s, 16s, the control and the no-classifier run on the
-    other: near equal loads (seed 2 on the Intel Xeon: 444 and 417 s of training), where taking the
-    stages in pipeline order left the control last on one process (504 against 416 s before)."""
+    in the order a free process takes the first whose source is ready, and the number of processes.
+    The runs fall into lanes of equal length (as many iterations as the three stages together):
+    FCN-32s -> 16s -> 8s; FCN-8s at once; the no-classifier run, then the control (which starts
+    from FCN-32s, ready about when the no-classifier run of the same length ends). One process per
+    lane: on 2 cores, two runs side by side left one run alone for its last 40 % (FCN-8s at once,
+    then FCN-8s), three lanes time-sharing the cores did the same iterations per second as two
+    (AMD EPYC, one thread each: 45 iterations/s per process for two, 32 + 31 + 27 for three)."""
     n32, n16, n8 = cfg.iters
-    plan = [("fcn32s", "classifier", n32, 0), ("atonce", "classifier", n32 + n16 + n8, 0),
-            ("fcn16s", "fcn32s", n16, n32)]
+    plan = [("fcn32s", "classifier", n32, 0), ("atonce", "classifier", n32 + n16 + n8, 0)]
+    plan += [("scratch", None, n32, 0)] if "scratch" in cfg.controls else []
+    plan += [("fcn16s", "fcn32s", n16, n32)]
     plan += [("control", "fcn32s", n16 + n8, n32)] if "control" in cfg.controls else []
     plan += [("fcn8s", "fcn16s", n8, n32 + n16)]
-    plan += [("scratch", None, n32, 0)] if "scratch" in cfg.controls else []
-    return plan
+    return plan, 2 + bool(cfg.controls)
 
 
-def _stage(cfg, out, key, source, iters, start, bar_position):
+def _cores(cfg):
+    """The cores the job's processes share: the first `cfg.threads` of those this process may
+    use (all of them for 0)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return allowed[:cfg.threads] if cfg.threads else allowed
+
+
+def _stage(cfg, out, key, source, iters, start, bar_position, cores=None):
     """One run of the plan, in a process of its own on one thread (so its numbers do not depend on
-    how many run beside it): initialise, score, train, score; the weights go to a .caffemodel the
-    runs that continue it start from."""
+    how many run beside it), on `cores` (None: anywhere): initialise, score, train, score; the
+    weights go to a .caffemodel the runs that continue it start from."""
     torch.set_num_threads(1)
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
     torch.manual_seed(cfg.seed)
     train_data, val_data = _datasets(cfg)
     name = NETS[key]
@@ -269,21 +281,24 @@ def _with_ends(curve, initial, final, iters):
 def run(cfg=None, out="out/reproduce", log=print, progress=True):
     """All stages, the table, the figures and results.json in `out`; returns (summary, table).
 
-    The runs go to `cfg.threads` processes (default: one per core), each on one thread, a run
-    starting as soon as the run it continues has finished: on 2 cores two single-threaded runs
-    side by side did 27 iterations/s together where one run on both threads did 17-25. Each run's
-    numbers depend only on the seed, so the table is the same for any --threads."""
+    The runs go to one process per lane of `_plan`, each on one thread, sharing `cfg.threads` cores
+    (default: all), a run starting as soon as the run it continues has finished: on 2 cores two
+    single-threaded runs side by side did 27 iterations/s together where one run on both threads
+    did 17-25. Each run's numbers depend only on the seed, so the table is the same for any
+    --threads."""
     cfg = cfg or Config()
-    workers = cfg.threads or os.cpu_count() or 1
+    plan, workers = _plan(cfg)
+    cores = _cores(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _, val_data = _datasets(cfg)
     classifier = Path(cfg.classifier) if cfg.classifier else classifier_weights()
     if log:
-        log(f"classifier stage: {classifier}; {workers} runs at a time, one thread each")
+        log(f"classifier stage: {classifier}; {workers} runs side by side, one thread each, on "
+            f"{len(cores)} core{'s' * (len(cores) != 1)}")
     weights = {"classifier": str(classifier)}
     results, curves = {}, {}
-    pending, running, free = _plan(cfg), {}, list(range(workers))
+    pending, running, free = plan, {}, list(range(workers))
     t0 = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no fork of a process whose OpenMP pool is running
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -293,7 +308,8 @@ def run(cfg=None, out="out/reproduce", log=print, progress=True):
                 pending.remove(task)
                 slot = free.pop(0)
                 bar = slot if progress else None
-                future = pool.submit(_stage, cfg, out, key, source and weights[source], iters, start, bar)
+                future = pool.submit(_stage, cfg, out, key, source and weights[source], iters, start, bar,
+                                     cores if cfg.threads else None)
                 running[future] = (key, slot)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -315,7 +331,7 @@ def run(cfg=None, out="out/reproduce", log=print, progress=True):
         deploys[key].load_caffemodel(weights[key], strict=False)
     classes = val_data.classes
     _figures(out, results, {k: curves[k] for k in results}, deploys, val_data)
-    summary = {"config": asdict(cfg), "threads": workers, "elapsed_s": elapsed, "classes": classes,
+    summary = {"config": asdict(cfg), "runs_side_by_side": workers, "cores": len(cores), "elapsed_s": elapsed, "classes": classes,
                "thin_classes": list(THIN), "results": results}
     write_json(out / "results.json", summary, allow_nan=True)
     return summary, table(results, classes)

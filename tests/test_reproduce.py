@@ -103,12 +103,12 @@ def test_quick_command_runs_the_pipeline(tmp_path):
     r = subprocess.run([sys.executable, "tools/reproduce.py", "--quick", "--threads", "1", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "mean IU" in r.stdout and "skips refine" in r.stdout and "1 runs side by side" in r.stdout
+    assert "mean IU" in r.stdout and "skips refine" in r.stdout and "3 runs side by side on 1 core" in r.stdout
 
 
 def test_the_runs_do_not_depend_on_how_many_run_side_by_side(tmp_path):
-    """Each run trains on one thread in a process of its own, so one worker or two give the same
-    weights, bit for bit, and the same table."""
+    """Each run trains on one thread in a process of its own, so the runs sharing one core or two
+    give the same weights, bit for bit, and the same table."""
     tables, blobs = [], []
     for workers in (1, 2):
         cfg = reproduce.Config(size=64, iters=(8, 6, 6), val_images=3, val_every=0, threads=workers)
@@ -116,6 +116,36 @@ def test_the_runs_do_not_depend_on_how_many_run_side_by_side(tmp_path):
         tables.append(reproduce.run(cfg, out=out, log=None, progress=False)[1])
         blobs.append({p.name: p.read_bytes() for p in sorted(out.glob("stages/*/*.caffemodel"))})
     assert len(blobs[0]) == 6 and blobs[0] == blobs[1] and tables[0] == tables[1]
+
+
+def _simulated_lanes(plan, workers):
+    """The runs each process takes when a run lasts as many time units as it has iterations, in
+    run()'s rule: a free process takes the first pending run whose source is ready."""
+    pending, running, lanes, clock, done = list(plan), {}, [[] for _ in range(workers)], 0, {"classifier", None}
+    while pending or running:
+        free = [w for w in range(workers) if w not in running]
+        for task in [t for t in pending if t[1] in done][:len(free)]:
+            pending.remove(task)
+            worker = free.pop(0)
+            running[worker] = (task, clock + task[2])
+            lanes[worker].append(task[0])
+        worker, (task, clock) = min(running.items(), key=lambda item: item[1][1])
+        del running[worker]
+        done.add(task[0])
+    return lanes
+
+
+@pytest.mark.parametrize("iters", [(1500, 500, 3300), (2000, 500, 5000), (10, 90, 20)])
+def test_the_plan_gives_each_process_the_same_iterations(iters):
+    """Three lanes as long as the staged three together: a process left alone with a long run
+    while the other cores idle makes the job slower (two processes ended 40 % apart)."""
+    plan, workers = reproduce._plan(reproduce.Config(iters=iters))
+    lanes = _simulated_lanes(plan, workers)
+    length = {key: n for key, _, n, _ in plan}
+    assert sorted(map(sorted, lanes)) == sorted([["fcn16s", "fcn32s", "fcn8s"], ["atonce"], ["control", "scratch"]])
+    assert {sum(length[k] for k in lane) for lane in lanes} == {sum(iters)}
+    plan, workers = reproduce._plan(reproduce.Config(iters=iters, controls=()))
+    assert workers == 2 and {k for k, *_ in plan} == {"fcn32s", "fcn16s", "fcn8s", "atonce"}
 
 
 def test_balance_skips_matches_the_pools_to_fc7():
