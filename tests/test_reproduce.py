@@ -2,8 +2,11 @@
 the one scorer against the reference score.py's formulas."""
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,8 @@ def test_every_stage_improves_on_its_initialisation(tiny_run):
 
 
 def test_every_run_ends_at_a_tenth_of_its_lr(tiny_run):
-    """Caffe's step policy at cfg.lr_drop_at of each run's own iterations: base_lr before, a tenth after."""
+    """Caffe's step policy at cfg.lr_drop_at of each run's own iterations: the run's base_lr before
+    (first_stage_lr for FCN-32s and its no-classifier twin), a tenth after."""
     out, summary, _ = tiny_run
     cfg = summary["config"]
     assert 0 < cfg["lr_drop_at"] < 1
@@ -66,8 +70,10 @@ def test_every_run_ends_at_a_tenth_of_its_lr(tiny_run):
         records = [json.loads(l) for l in (out / "stages" / key / "log.jsonl").read_text().splitlines()]
         steps = [x for x in records if "lr" in x]
         assert len(steps) >= 2, key
-        assert math.isclose(steps[0]["lr"], cfg["base_lr"], rel_tol=1e-6), key
-        assert math.isclose(steps[-1]["lr"], 0.1 * cfg["base_lr"], rel_tol=1e-6), key
+        base_lr = cfg["first_stage_lr"] if key in ("fcn32s", "scratch") else cfg["base_lr"]
+        assert math.isclose(steps[0]["lr"], base_lr, rel_tol=1e-6), key
+        assert math.isclose(steps[-1]["lr"], 0.1 * base_lr, rel_tol=1e-6), key
+    assert cfg["first_stage_lr"] != cfg["base_lr"]
 
 
 def test_the_run_writes_its_table_figures_and_json(tiny_run):
@@ -188,3 +194,39 @@ def test_every_curve_runs_from_the_initial_score_to_the_tables():
     assert vals == [(0, 0.1), (100, 0.5), (300, 0.7)] and ends[1:3] == curve
     # a run validated at its last iteration keeps that point, not a second one
     assert reproduce._with_ends(curve, scores(0.1), scores(0.5), 100)[1:] == curve
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_job_leaves_no_run_training(tmp_path):
+    """SIGTERM to the job's process ends its worker processes too (they would train on for the
+    rest of their runs, writing into the output folder)."""
+    script = ("from fcn_caffe_repro import reproduce\n"
+              "if __name__ == '__main__':\n"
+              "    cfg = reproduce.Config(size=64, iters=(10 ** 6, 1, 1), val_images=2, val_every=0)\n"
+              f"    reproduce.run(cfg, out={str(tmp_path)!r}, log=None, progress=False)\n")
+    (tmp_path / "job.py").write_text(script)
+    job = subprocess.Popen([sys.executable, str(tmp_path / "job.py")], cwd=ROOT)
+    children = []
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "stages" / "fcn32s" / "log.jsonl").exists():  # a run is training
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        children = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+        assert len(children) >= 3  # the runs' processes (and multiprocessing's resource tracker)
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(map(alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        for pid in [job.pid] * (job.poll() is None) + [pid for pid in children if alive(pid)]:
+            os.kill(int(pid), signal.SIGKILL)
