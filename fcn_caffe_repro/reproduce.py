@@ -7,7 +7,8 @@
    into convolutions, fc8 dropped), score layers zero, upsampling bilinear and frozen.
 3. FCN-32s -> FCN-16s -> FCN-8s, each initialised from the previous stage (`surgery.staged_init`),
    with the release's solver settings (weight decay 5e-4, fixed lr, one image per iteration,
-   unnormalised loss); base_lr, momentum and a gradient clip differ, measured (`Config.base_lr`).
+   unnormalised loss); base_lr, momentum and a gradient clip differ, measured (`Config.base_lr`,
+   `Config.first_stage_lr`).
 4. FCN-8s at once (voc-fcn8s-atonce, the fixed Scale layers on the pool skips) from the same
    classifier, for as many iterations as the three stages together; the skip scales follow the
    rule behind the release's constants, measured in this net (`balance_skips`).
@@ -55,18 +56,20 @@ class Config:
     width_divisor: int = 16
     # The measurements behind each value below are in docs/main_job_trials.md (the recipe and the
     # trials, seeds and CPUs named there).
-    # FCN-32s, 16s, 8s: FCN-32s reaches about 40 after 1500; FCN-16s needs 500 for its last iterate
-    # to settle; the rest goes to FCN-8s, which gains most from iterations (at once's lead narrows).
-    iters: tuple = (1500, 500, 3300)
+    # FCN-32s, 16s, 8s: FCN-32s gains 1-2 points from 1500 to 2000; FCN-16s needs 500 for its
+    # last iterate to settle; FCN-8s learns the thin classes at at once's pace per iteration, so at
+    # once's lead (it trains the stride-8 path for all three stages' iterations) closes only once
+    # both have converged: about 2.5 points after 3300 or 5500, 0.2-2.0 after 6600.
+    iters: tuple = (2000, 500, 6600)
     # The release's 1e-10 at momentum 0.99 is for 500x500 images and the full-width VGG16: with an
     # unnormalised loss the gradient grows with the pixel count (15x fewer here). A clip below the
     # usual gradient norm makes most steps lr x clip long, so one-image batches take no huge
-    # steps and every run moves at one pace; one lr for every stage.
+    # steps and every run moves at one pace; one lr for the later stages and FCN-8s at once.
     base_lr: float = 1.8e-6
-    # FCN-32s (and the no-classifier run, its recipe from He init) from the classifier at 2/3 of
-    # that, as the release lowers the lr from stage to stage, the other way round: the transplanted
-    # fc6/fc7 meet the first segmentation gradients here, and at 1.8e-6 a seed lost a class for
-    # good (blob IU 0.1 after 1500 iterations, 33 mean IU after 2000).
+    # FCN-32s (and the no-classifier run, the same recipe from He init) at 2/3 of that: where the
+    # transplanted fc6/fc7 meet their first segmentation gradients, 1.8e-6 made one seed of eleven
+    # lose a class for good (blob IU 0.1 after 1500 iterations, 33 mean IU after 2000); at 1.2e-6
+    # none did. (The release's lrs differ by stage too: 1e-10, 1e-12, 1e-14.)
     first_stage_lr: float = 1.2e-6
     momentum: float = 0.9
     clip_gradients: float = 1e4
@@ -225,8 +228,8 @@ def _plan(cfg):
     The runs fall into lanes of equal length (as many iterations as the three stages together):
     FCN-32s -> 16s -> 8s; FCN-8s at once; the no-classifier run, then the control (which starts
     from FCN-32s, ready about when the no-classifier run of the same length ends). One process per
-    lane: on 2 cores, two runs side by side left one run alone for its last 40 % (FCN-8s at once,
-    then FCN-8s), three lanes time-sharing the cores did the same iterations per second as two
+    lane: on 2 cores, two processes left one alone for the last 30 % of the job (FCN-8s at once,
+    then FCN-8s), where three time-sharing the cores made as many iterations per second as two
     (AMD EPYC, one thread each: 45 iterations/s per process for two, 32 + 31 + 27 for three)."""
     n32, n16, n8 = cfg.iters
     plan = [("fcn32s", "classifier", n32, 0), ("atonce", "classifier", n32 + n16 + n8, 0)]
@@ -356,8 +359,8 @@ def run(cfg=None, out="out/reproduce", log=print, progress=True):
         deploys[key].load_caffemodel(weights[key], strict=False)
     classes = val_data.classes
     _figures(out, results, {k: curves[k] for k in results}, deploys, val_data)
-    summary = {"config": asdict(cfg), "runs_side_by_side": workers, "cores": len(cores), "elapsed_s": elapsed, "classes": classes,
-               "thin_classes": list(THIN), "results": results}
+    summary = {"config": asdict(cfg), "runs_side_by_side": workers, "cores": len(cores), "elapsed_s": elapsed,
+               "classes": classes, "thin_classes": list(THIN), "results": results}
     write_json(out / "results.json", summary, allow_nan=True)
     return summary, table(results, classes)
 

@@ -141,7 +141,7 @@ def _simulated_lanes(plan, workers):
     return lanes
 
 
-@pytest.mark.parametrize("iters", [(1500, 500, 3300), (2000, 500, 5000), (10, 90, 20)])
+@pytest.mark.parametrize("iters", [reproduce.Config().iters, (1500, 500, 3300), (10, 90, 20)])
 def test_the_plan_gives_each_process_the_same_iterations(iters):
     """Three lanes as long as the staged three together: a process left alone with a long run
     while the other cores idle makes the job slower (two processes ended 40 % apart)."""

@@ -54,8 +54,8 @@ def build_parser(prog=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("out/reproduce"))
     p.add_argument("--seed", type=int, default=reproduce.Config.seed, help="the world's and the runs' seed")
-    p.add_argument("--threads", type=int, default=0, help="the cores the runs share, one thread each (default: every core; the "
-                   "table does not depend on it); with --pretrain: torch threads")
+    p.add_argument("--threads", type=int, default=0, help="the cores the runs share, one thread each (default: "
+                   "every core; the table does not depend on it); with --pretrain: torch threads")
     p.add_argument("--quick", action="store_true", help="a few iterations per stage: checks the pipeline only")
     p.add_argument("--iters", type=int, nargs=3, metavar=("N32", "N16", "N8"), help="iterations per stage")
     p.add_argument("--no-controls", action="store_true", help="skip the trained-on and no-classifier controls")
