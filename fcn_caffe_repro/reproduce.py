@@ -240,6 +240,11 @@ def _plan(cfg):
     return plan, 2 + bool(cfg.controls)
 
 
+def _startable(pending, finished, free):
+    """The first `free` runs of `pending` (plan order) whose source is finished (or None: He init)."""
+    return [t for t in pending if t[1] is None or t[1] in finished][:free]
+
+
 def _cores(cfg):
     """The cores the job's processes share: the first `cfg.threads` of those this process may
     use (all of them for 0)."""
@@ -331,7 +336,7 @@ def run(cfg=None, out="out/reproduce", log=print, progress=True):
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_end_with_parent,
                              initargs=(os.getpid(),)) as pool:
         while pending or running:
-            for task in [t for t in pending if t[1] is None or t[1] in weights][:len(free)]:
+            for task in _startable(pending, weights, len(free)):
                 key, source, iters, start = task
                 pending.remove(task)
                 slot = free.pop(0)

@@ -126,11 +126,11 @@ def test_the_runs_do_not_depend_on_how_many_run_side_by_side(tmp_path):
 
 def _simulated_lanes(plan, workers):
     """The runs each process takes when a run lasts as many time units as it has iterations, in
-    run()'s rule: a free process takes the first pending run whose source is ready."""
-    pending, running, lanes, clock, done = list(plan), {}, [[] for _ in range(workers)], 0, {"classifier", None}
+    run()'s rule (`_startable`): a free process takes the first pending run whose source is ready."""
+    pending, running, lanes, clock, done = list(plan), {}, [[] for _ in range(workers)], 0, {"classifier"}
     while pending or running:
         free = [w for w in range(workers) if w not in running]
-        for task in [t for t in pending if t[1] in done][:len(free)]:
+        for task in reproduce._startable(pending, done, len(free)):
             pending.remove(task)
             worker = free.pop(0)
             running[worker] = (task, clock + task[2])
