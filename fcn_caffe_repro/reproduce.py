@@ -135,7 +135,11 @@ def balance_skips(net, data, images=8):
 
 
 def _base_lr(key, cfg):
-    return cfg.first_stage_lr if key in ("fcn32s", "scratch") else cfg.base_lr
+    """`first_stage_lr` for the runs that start from the classifier or from He init (FCN-32s, its
+    no-classifier twin and FCN-8s at once: the release too runs FCN-32s and at once at one lr),
+    `base_lr` for those that continue a trained run."""
+    fresh = {k for k, source, _, _ in _plan(cfg)[0] if source in ("classifier", None)}
+    return cfg.first_stage_lr if key in fresh else cfg.base_lr
 
 
 def _solver(name, cfg, base_lr, **overrides):

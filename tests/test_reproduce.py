@@ -62,7 +62,8 @@ def test_every_stage_improves_on_its_initialisation(tiny_run):
 
 def test_every_run_ends_at_a_tenth_of_its_lr(tiny_run):
     """Caffe's step policy at cfg.lr_drop_at of each run's own iterations: the run's base_lr before
-    (first_stage_lr for FCN-32s and its no-classifier twin), a tenth after."""
+    (first_stage_lr for the runs that start from the classifier or He init: FCN-32s, its
+    no-classifier twin and FCN-8s at once), a tenth after."""
     out, summary, _ = tiny_run
     cfg = summary["config"]
     assert 0 < cfg["lr_drop_at"] < 1
@@ -70,7 +71,7 @@ def test_every_run_ends_at_a_tenth_of_its_lr(tiny_run):
         records = [json.loads(l) for l in (out / "stages" / key / "log.jsonl").read_text().splitlines()]
         steps = [x for x in records if "lr" in x]
         assert len(steps) >= 2, key
-        base_lr = cfg["first_stage_lr"] if key in ("fcn32s", "scratch") else cfg["base_lr"]
+        base_lr = cfg["first_stage_lr"] if key in ("fcn32s", "scratch", "atonce") else cfg["base_lr"]
         assert math.isclose(steps[0]["lr"], base_lr, rel_tol=1e-6), key
         assert math.isclose(steps[-1]["lr"], 0.1 * base_lr, rel_tol=1e-6), key
     assert cfg["first_stage_lr"] != cfg["base_lr"]
