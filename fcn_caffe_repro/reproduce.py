@@ -57,19 +57,20 @@ class Config:
     # The measurements behind each value below are in docs/main_job_trials.md (the recipe and the
     # trials, seeds and CPUs named there).
     # FCN-32s, 16s, 8s: FCN-32s gains 1-2 points from 1500 to 2000; FCN-16s needs 500 for its
-    # last iterate to settle; FCN-8s learns the thin classes at at once's pace per iteration, so at
-    # once's lead (it trains the stride-8 path for all three stages' iterations) closes only once
-    # both have converged: about 2.5 points after 3300 or 5500, 0.2-2.0 after 6600.
+    # last iterate to settle; every other iteration goes to FCN-8s, which learns the thin classes
+    # at at once's pace per iteration of the stride-8 path (at once trains it through all 9100).
     iters: tuple = (2000, 500, 6600)
     # The release's 1e-10 at momentum 0.99 is for 500x500 images and the full-width VGG16: with an
     # unnormalised loss the gradient grows with the pixel count (15x fewer here). A clip below the
     # usual gradient norm makes most steps lr x clip long, so one-image batches take no huge
-    # steps and every run moves at one pace; one lr for the later stages and FCN-8s at once.
+    # steps and a run moves at the pace its lr sets. This lr: the runs that continue a trained run.
     base_lr: float = 1.8e-6
-    # FCN-32s (and the no-classifier run, the same recipe from He init) at 2/3 of that: where the
-    # transplanted fc6/fc7 meet their first segmentation gradients, 1.8e-6 made one seed of eleven
-    # lose a class for good (blob IU 0.1 after 1500 iterations, 33 mean IU after 2000); at 1.2e-6
-    # none did. (The release's lrs differ by stage too: 1e-10, 1e-12, 1e-14.)
+    # The runs that start from the classifier or He init (FCN-32s, its no-classifier twin, FCN-8s
+    # at once) at 2/3 of that, as the release runs FCN-32s and at once at one lr (1e-10; FCN-16s
+    # 1e-12, FCN-8s 1e-14). Where the transplanted fc6/fc7 meet their first segmentation
+    # gradients, 1.8e-6 made one seed of eleven lose a class for good in FCN-32s (blob IU 0.1 after
+    # 1500 iterations); at 1.2e-6 none did. At once at 1.8e-6 ended 1.8 points ahead of staged
+    # FCN-8s on average over eleven seeds (up to 4.2), at 1.2e-6 0.6 (-1.2 to +2.0).
     first_stage_lr: float = 1.2e-6
     momentum: float = 0.9
     clip_gradients: float = 1e4
