@@ -70,7 +70,7 @@ class Config:
     # 1e-12, FCN-8s 1e-14). Where the transplanted fc6/fc7 meet their first segmentation
     # gradients, 1.8e-6 made one seed of eleven lose a class for good in FCN-32s (blob IU 0.1 after
     # 1500 iterations); at 1.2e-6 none did. At once at 1.8e-6 ended 1.8 points ahead of staged
-    # FCN-8s on average over eleven seeds (up to 4.2), at 1.2e-6 0.6 (-1.2 to +2.0).
+    # FCN-8s on average over eleven seeds (up to 4.2), at 1.2e-6 0.6 (-1.1 to +2.1).
     first_stage_lr: float = 1.2e-6
     momentum: float = 0.9
     clip_gradients: float = 1e4
