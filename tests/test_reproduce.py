@@ -198,10 +198,12 @@ def test_every_curve_runs_from_the_initial_score_to_the_tables():
     assert reproduce._with_ends(curve, scores(0.1), scores(0.5), 100)[1:] == curve
 
 
-def _parent_pid(stat_file):
+def _proc_stat(pid):
+    """(state, parent pid) from /proc/<pid>/stat, or None once the process has gone."""
     try:
-        return int(stat_file.read_text().rsplit(") ", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):  # the process ended meanwhile
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -218,10 +220,8 @@ def test_a_killed_job_leaves_no_run_training(tmp_path):
     children = []
 
     def alive(pid):
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-        except FileNotFoundError:
-            return False
+        stat = _proc_stat(pid)
+        return stat is not None and stat[0] != "Z"
 
     try:
         deadline = time.monotonic() + 120
@@ -229,7 +229,7 @@ def test_a_killed_job_leaves_no_run_training(tmp_path):
             assert job.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         children = [stat.parent.name for stat in Path("/proc").glob("[0-9]*/stat")
-                    if _parent_pid(stat) == job.pid]
+                    if (_proc_stat(stat.parent.name) or (None, None))[1] == job.pid]
         assert len(children) >= 3  # the runs' processes (and multiprocessing's resource tracker)
         job.send_signal(signal.SIGTERM)
         job.wait(timeout=30)
