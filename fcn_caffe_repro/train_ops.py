@@ -61,7 +61,7 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
     # the two paths exclude each other (a border needs padding past the window's reach, small_conv
     # padding 1 on a 3x3 window); both skip products with the padding, which a non-finite weight
     # would make NaN in Caffe, so such a weight takes F.conv2d
-    border = _border_reach(weight.shape[2:], stride, pad, dilation)
+    border = border_reach(weight.shape[2:], stride, pad, dilation)
     if (border or ops.small_conv_applies(x, weight, stride, pad, dilation, groups)) \
             and bool(torch.isfinite(weight).all()):
         if border:
@@ -70,7 +70,7 @@ def conv2d(x, weight, bias, stride, pad, dilation, groups, out_shape):
     return F.conv2d(x, weight, bias, stride, pad, dilation, groups)
 
 
-def _border_reach(kernel, stride, pad, dilation):
+def border_reach(kernel, stride, pad, dilation):
     """The window's reach per axis, dilation x (kernel - 1), where a stride-1 convolution's padding
     exceeds it on both axes (a border of outputs whose windows hold only padding); else None."""
     reach = tuple(d * (k - 1) for k, d in zip(kernel, dilation))

@@ -163,7 +163,7 @@ def test_convolution_padded_past_its_reach_with_an_infinite_weight_runs_in_full(
 
 @pytest.mark.parametrize("stride, pad", [((1, 1), (2, 2)), ((2, 2), (100, 100)), ((1, 1), (100, 1))])
 def test_convolution_within_its_reach_or_strided_takes_the_full_path(stride, pad):
-    assert train_ops._border_reach((3, 3), stride, pad, (1, 1)) is None
+    assert train_ops.border_reach((3, 3), stride, pad, (1, 1)) is None
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     want = F.conv2d(x, w, None, stride, pad)

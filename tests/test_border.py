@@ -1,0 +1,132 @@
+"""The training pass that runs a padded net's first layers on maps without most of the constant
+border: the same outputs and gradients as the layers on the full maps, on smaller maps."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fcn_caffe_repro as fcr
+from conftest import randomize
+from fcn_caffe_repro import border, ops, relu_pool
+from fcn_caffe_repro.caffe.spec import L as S
+from fcn_caffe_repro.caffe.spec import NetBuilder
+from fcn_caffe_repro.net import CaffeNet
+from fcn_caffe_repro.plan import layer_steps
+
+
+def _training_steps(net, with_border):
+    steps = relu_pool.fused_plan(layer_steps(net)) if ops.extension_available() else layer_steps(net)
+    return border.trunk_plan(steps, keep=net.outputs) if with_border else steps
+
+
+def _outputs_and_gradients(net, inputs, with_border, weights_of_outputs):
+    """The net's outputs, the gradient of sum(output x fixed weights) + objective for every
+    parameter and for the input `data`."""
+    net.set_plan(_training_steps(net, with_border))
+    for p in net.parameters():
+        p.grad = None
+    data = inputs["data"].clone().requires_grad_(True)
+    out = net(**{**inputs, "data": data})
+    total = sum((v * weights_of_outputs[k]).sum() for k, v in out.items() if k in weights_of_outputs)
+    if net.loss_weights:
+        total = total + net.objective(out)
+    total.backward()
+    grads = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+    grads["data"] = data.grad.clone()
+    return {k: v.detach().clone() for k, v in out.items()}, grads
+
+
+def _assert_same(a, b, what):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        scale = float(a[k].abs().max())
+        err = float((a[k] - b[k]).abs().max())
+        assert err <= 1e-5 * max(scale, 1e-30), f"{what} {k}: {err} against max {scale}"
+
+
+def _compare(net, inputs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {k: v.shape for k, v in net(**inputs).items()}
+    weights = {k: torch.randn(s, generator=g) for k, s in shapes.items() if k not in net.loss_weights}
+    torch.manual_seed(seed)
+    full = _outputs_and_gradients(net, inputs, False, weights)
+    torch.manual_seed(seed)
+    short = _outputs_and_gradients(net, inputs, True, weights)
+    _assert_same(full[0], short[0], "output")
+    _assert_same(full[1], short[1], "gradient")
+    return full
+
+
+def test_fcn8s_trains_on_short_maps_with_the_full_maps_gradients():
+    net = fcr.build_net("voc-fcn8s", phase="train", num_classes=5, width_divisor=16)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+    inputs = dict(data=torch.randn(1, 3, 72, 88, generator=g) * 50,
+                  label=torch.randint(0, 5, (1, 1, 72, 88), generator=g).float())
+    _, grads = _compare(net, inputs)
+    assert float(grads["conv1_1.weight"].abs().max()) > 0 and float(grads["conv3_2.weight"].abs().max()) > 0
+
+    seen = {}
+
+    def record(module, args):
+        seen.setdefault("conv1_2", args[0].shape)
+
+    hook = net.layer("conv1_2").register_forward_pre_hook(record)
+    net.set_plan(_training_steps(net, True))
+    net(**inputs)
+    hook.remove()
+    # conv1_1's output is 270 x 286 (pad 100); the rows and columns that see the image, plus a
+    # few of the border's, are what conv1_2 computes on
+    assert seen["conv1_2"][2] < 72 + 30 and seen["conv1_2"][3] < 88 + 30
+    trunk = [s for s in net.plan if isinstance(s.module, border.Trunk)]
+    assert len(trunk) == 1 and {"pool3", "pool4"} <= set(trunk[0].top)
+
+
+def _chain(size, layers, pad):
+    """Input -> a convolution padded by `pad` -> `layers` (conv / pool specs) -> the last top out."""
+    n = NetBuilder()
+    n.data = S.Input(input_param=dict(shape=dict(dim=[1, 2, *size])))
+    top = S.Convolution(n.data, num_output=3, kernel_size=3, pad=pad)
+    n.conv0 = top
+    top = n.relu0 = S.ReLU(top, in_place=True)
+    for i, (kind, k, s, p, d) in enumerate(layers, 1):
+        if kind == "conv":
+            top = S.Convolution(top, num_output=3, kernel_size=k, stride=s, pad=p, dilation=d)
+            setattr(n, f"conv{i}", top)
+            top = S.ReLU(top, in_place=True)
+            setattr(n, f"relu{i}", top)
+        else:
+            top = S.Pooling(top, pool=kind, kernel_size=k, stride=s, pad=p)
+            setattr(n, f"pool{i}", top)
+    return CaffeNet(n.to_spec("chain"), phase="train")
+
+
+_layer = st.one_of(
+    st.tuples(st.just("conv"), st.sampled_from([1, 3, 5]), st.sampled_from([1, 1, 2]), st.integers(0, 2),
+              st.sampled_from([1, 1, 2])),
+    st.tuples(st.sampled_from(["MAX", "AVE"]), st.sampled_from([2, 3]), st.sampled_from([1, 2]), st.integers(0, 1),
+              st.just(1)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.tuples(st.integers(3, 20), st.integers(3, 20)), pad=st.integers(3, 40),
+       layers=st.lists(_layer, min_size=1, max_size=5), seed=st.integers(0, 2 ** 16))
+def test_any_chain_of_convolutions_and_poolings_gives_the_full_maps_results(size, pad, layers, seed):
+    fixed = []
+    for kind, k, s, p, d in layers:  # Caffe needs the pooling pad below the kernel, conv pad within reason
+        fixed.append((kind, k, s, min(p, k - 1), d))
+    try:
+        net = _chain(size, fixed, pad)
+    except fcr.errors.CaffeError:  # a map shrunk below a window: not a net
+        return
+    randomize(net, seed)
+    g = torch.Generator().manual_seed(seed)
+    _compare(net, dict(data=torch.randn(1, 2, *size, generator=g)), seed)
+
+
+def test_a_net_padded_within_its_window_keeps_its_plan():
+    net = _chain((12, 12), [("conv", 3, 1, 1, 1), ("MAX", 2, 2, 0, 1)], pad=1)
+    steps = _training_steps(net, False)
+    assert border.trunk_plan(steps, keep=net.outputs) == steps
