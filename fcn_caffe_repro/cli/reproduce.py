@@ -3,7 +3,7 @@ synthetic world (no downloads): the shipped stand-in classifier convolutionalise
 then FCN-16s and FCN-8s, FCN-8s at once and two controls; a Table-2-style table with per-class
 IU, figures and results.json in out/reproduce/.
 
-    fcn reproduce                       # synthetic: about 6 minutes on 2 CPU cores (README)
+    fcn reproduce                       # synthetic: about 5 minutes on 2 CPU cores (README)
     fcn reproduce --seed 7              # another world and another image order
     fcn reproduce --pretrain            # retrain the shipped classifier (about 8 minutes)
     fcn reproduce --quick               # a smoke run of a few iterations
