@@ -157,8 +157,8 @@ class Trunk(nn.Module):
 
     def plan(self, size):
         """For an input of `size` (rows, columns): per step, None or (the gather of its bottom's
-        short map as flat indices or None, its padding on the short map); per output, the
-        gather that widens it back (or None)."""
+        short map as (row, column) indices or None, its padding on the short map); per output,
+        the gather that widens it back (or None)."""
         if size not in self._plans:
             ops = [[None, None] for _ in self.steps]
             ends = {b: [None, None] for b in self.outputs}
@@ -182,8 +182,8 @@ class Trunk(nn.Module):
                     short[step.top[-1]], full[step.top[-1]] = top_short, top_full
                 for blob in self.outputs:
                     ends[blob][axis] = (_AxisOp(_gather(short[blob], full[blob]), 0), len(short[blob]))
-            steps = [None if rows is None else (_flat(rows, cols), (rows[0].pad, cols[0].pad)) for rows, cols in ops]
-            self._plans[size] = (steps, {b: _flat(*ends[b]) for b in self.outputs})
+            steps = [None if rows is None else (_gathers(rows, cols), (rows[0].pad, cols[0].pad)) for rows, cols in ops]
+            self._plans[size] = (steps, {b: _gathers(*ends[b]) for b in self.outputs})
         return self._plans[size]
 
     def forward(self, x):
@@ -207,7 +207,7 @@ class Trunk(nn.Module):
         return tuple(_select(blobs[b], ends[b]) for b in self.outputs)
 
 
-def _flat(rows, cols):
+def _gathers(rows, cols):
     """(row indices, column indices) of a gather (None: that axis whole), or None when it takes
     the whole map in order."""
     (row_op, _), (col_op, _) = rows, cols
@@ -217,7 +217,7 @@ def _flat(rows, cols):
 
 
 def _select(x, gather):
-    """The gathered map (a _flat result; None: x itself) in x's memory format, gathered on the
+    """The gathered map (a _gathers result; None: x itself) in x's memory format, gathered on the
     (N, H, W, C) view: whole rows of pixels, then pixels, so that each index moves a block (the
     backward adds blocks back; per-element index adds run an order of magnitude slower)."""
     if gather is None:
