@@ -90,8 +90,7 @@ def _gather(layout, wanted):
     first = {}
     for i, s in enumerate(layout):
         first.setdefault(s, i)
-    idx = [first[s] for s in wanted]
-    return None if idx == list(range(len(layout))) else idx
+    return [first[s] for s in wanted]
 
 
 def _plan_window(layout, full, window, sig):
@@ -117,9 +116,7 @@ def _plan_window(layout, full, window, sig):
         if set(top_full) <= set(top):
             return _AxisOp(_gather(layout, rows), pad), top, top_full
     # the full input: every signature of the full map is in its short one
-    top = (_conv_rows(full, pad, kernel, stride, dilation, sig) if kind == "conv"
-           else _pool_rows(full, pad, kernel, stride, sig))
-    return _AxisOp(_gather(layout, full), pad), top, top
+    return _AxisOp(_gather(layout, full), pad), top_full, top_full
 
 
 def _windows(module, axis):
@@ -194,10 +191,8 @@ class Trunk(nn.Module):
             module = step.module
             if op is not None:
                 x = _select(x, op[0])
-                if type(module) is L.Convolution and op[1] != tuple(module.pad):
-                    tops = (_conv(module, x, op[1]),)
-                else:
-                    tops = module(x)
+            if op is not None and type(module) is L.Convolution and op[1] != tuple(module.pad):
+                tops = (_conv(module, x, op[1]),)
             else:
                 tops = module(x)
             for name, value in zip(step.top, tops):
@@ -236,11 +231,8 @@ def _select(x, gather):
 def _conv(module, x, pad):
     """The Convolution layer on a short map, with its padding shortened too."""
     if train_ops.wants_grad(x, module.weight, module.bias):
-        n = x.shape[0]
-        size = [(x.shape[2 + i] + 2 * pad[i] - module.dilation[i] * (module.kernel[i] - 1) - 1) // module.stride[i] + 1
-                for i in range(2)]
         return train_ops.conv2d(x, module.weight, module.bias, module.stride, pad, module.dilation, module.group,
-                                (n, module.num_output, *size))
+                                module.output_shape(x.shape, pad))
     return F.conv2d(x, module.weight, module.bias, module.stride, pad, module.dilation, module.group)
 
 

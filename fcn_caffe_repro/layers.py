@@ -285,9 +285,11 @@ class Convolution(_ConvBase):
     def weight_shape(self):
         return (self.num_output, self.channels // self.group) + self.kernel
 
-    def output_shape(self, x_shape):
-        """The top's shape for a bottom of shape x_shape (N x C x H x W)."""
-        size = [(x_shape[2 + i] + 2 * self.pad[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) // self.stride[i] + 1
+    def output_shape(self, x_shape, pad=None):
+        """The top's shape for a bottom of shape x_shape (N x C x H x W), padded by the layer's
+        pad or `pad`."""
+        pad = self.pad if pad is None else pad
+        size = [(x_shape[2 + i] + 2 * pad[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) // self.stride[i] + 1
                 for i in range(2)]
         return (x_shape[0], self.num_output, *size)
 
