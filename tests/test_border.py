@@ -1,6 +1,5 @@
 """The training pass that runs a padded net's first layers on maps without most of the constant
 border: the same outputs and gradients as the layers on the full maps, on smaller maps."""
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
