@@ -13,11 +13,15 @@ only the order of sums changes (a repeated row's gradients are added in the gath
 Which rows are identical is decided structurally, for any weights: every row gets a signature, the
 input's rows each their own and the padding one of its own, and a layer's output row the signature
 of the tuple of rows its window reads. Rows with one signature hold equal values in every channel
-and column. For each layer the pass shortens the runs of its input, keeping a window's reach and a
-stride at each end and leaving out a multiple of the stride (so the later windows keep their
-alignment), and checks that the shortened input still yields every signature of the full output;
-where it would not, that layer computes on its full input. Rows and columns are planned apart.
+and column. A layer reads its bottom's short map as it is when that yields every signature of its
+full output. Otherwise, or when a cut would leave out at least MIN_CUT of its input, the pass
+gathers its input: each run shortened to the least length at each end that lets every layer up to
+the next pooling run without another gather, leaving out a multiple of those layers' strides (so
+their windows keep their alignment). A gather moves the whole map and its backward adds it back,
+so fewer gathers cost less than the rows a gather before every layer would save. Rows and columns
+are planned apart.
 """
+import math
 from typing import NamedTuple
 
 import torch
@@ -30,6 +34,7 @@ from .plan import Step, readers_of, with_frees
 from .relu_pool import InPlaceReLU, ReLUMaxPool
 
 _PAD = -1  # the signature of a padding cell
+MIN_CUT = 0.1  # a gather that a layer's short input does not need must leave out this much of it
 
 
 class _Signatures:
@@ -59,6 +64,14 @@ def _pool_rows(rows, pad, kernel, stride, sig):
     return out
 
 
+def _apply(window, rows, pad, sig):
+    """The top's row signatures of a convolution or pooling (`window`) over `rows` padded by `pad`."""
+    kind, kernel, stride, _, dilation = window
+    if kind == "conv":
+        return _conv_rows(rows, pad, kernel, stride, dilation, sig)
+    return _pool_rows(rows, pad, kernel, stride, sig)
+
+
 def _shortened(rows, keep, stride):
     """Indices of `rows` with each run of equal signatures longer than 2 * keep cut in its middle
     by a multiple of `stride`."""
@@ -74,6 +87,21 @@ def _shortened(rows, keep, stride):
             kept += list(range(i, j))
         i = j
     return kept
+
+
+def _short_input(window, full, keep, stride):
+    """(rows, pad) of a layer's input on `full` rows with each run cut to `keep` at each end by a
+    multiple of `stride`; a convolution's padding counts as a run, cut alike at both ends or not
+    at all."""
+    kind, _, _, pad, _ = window
+    if kind == "conv" and pad > 0:
+        padded = [_PAD] * pad + list(full) + [_PAD] * pad
+        kept = _shortened(padded, keep, stride)
+        lead = sum(1 for k in kept if k < pad)
+        trail = sum(1 for k in kept if k >= pad + len(full))
+        if lead == trail:
+            return [padded[k] for k in kept[lead:len(kept) - trail]], lead
+    return [full[k] for k in _shortened(full, keep, stride)], pad
 
 
 class _AxisOp(NamedTuple):
@@ -93,30 +121,53 @@ def _gather(layout, wanted):
     return [first[s] for s in wanted]
 
 
-def _plan_window(layout, full, window, sig):
-    """(_AxisOp, the top's short layout, its full layout) for a convolution (kind "conv") or
-    pooling over an axis whose full rows are `full` and short rows `layout`."""
-    kind, kernel, stride, pad, dilation = window
-    if kind == "conv":
-        padded = [_PAD] * pad + list(full) + [_PAD] * pad
-        kept = _shortened(padded, dilation * (kernel - 1) + 1 + stride, stride)
-        lead = next(i for i, k in enumerate(kept) if k >= pad) if pad else 0
-        trail = sum(1 for k in kept if k >= pad + len(full))
-        top_full = _conv_rows(full, pad, kernel, stride, dilation, sig)
-        if lead == trail:
-            rows = [padded[k] for k in kept[lead:len(kept) - trail]]
-            top = _conv_rows(rows, lead, kernel, stride, dilation, sig)
-            if set(top_full) <= set(top):
-                return _AxisOp(_gather(layout, rows), lead), top, top_full
-    else:
-        kept = _shortened(full, kernel + stride, stride)
-        top_full = _pool_rows(full, pad, kernel, stride, sig)
-        rows = [full[k] for k in kept]
-        top = _pool_rows(rows, pad, kernel, stride, sig)
-        if set(top_full) <= set(top):
-            return _AxisOp(_gather(layout, rows), pad), top, top_full
-    # the full input: every signature of the full map is in its short one
-    return _AxisOp(_gather(layout, full), pad), top_full, top_full
+def _plan_axis(windows, start, sig):
+    """Per layer (`windows`, in order, each reading the previous one's top; the first `start`):
+    (its _AxisOp, its top's short rows, its top's full rows) on one axis."""
+    full_in, full_out, rows = [], [], start
+    for w in windows:
+        full_in.append(rows)
+        rows = _apply(w, rows, w[3], sig)
+        full_out.append(rows)
+    complete = [set(f) for f in full_out]
+
+    def block(i):
+        """Layer i and those after it up to and including the next pooling."""
+        for j in range(i + 1, len(windows)):
+            if windows[j][0] != "conv":
+                return range(i, j + 1)
+        return range(i, len(windows))
+
+    def block_runs(i, rows, pad):
+        """Whether layers i.. of block(i), layer i on `rows` padded by `pad`, each yield every
+        signature of their full output without a gather."""
+        for j in block(i):
+            rows = _apply(windows[j], rows, pad, sig)
+            if not complete[j] <= set(rows):
+                return False
+            pad = windows[j + 1][3] if j + 1 < len(windows) else 0
+        return True
+
+    plan, layout = [], start
+    for i, w in enumerate(windows):
+        stride = math.prod(windows[j][2] for j in block(i))
+        longest = max(len(full_in[i]), w[3]) + 1  # a keep that cuts nothing
+        lo, hi = 1, longest
+        while lo < hi:  # the least keep that lets the block run
+            mid = (lo + hi) // 2
+            if block_runs(i, *_short_input(w, full_in[i], mid, stride)):
+                hi = mid
+            else:
+                lo = mid + 1
+        rows, pad = _short_input(w, full_in[i], lo, stride) if lo < longest else (full_in[i], w[3])
+        as_is = _apply(w, layout, w[3], sig)
+        if complete[i] <= set(as_is) and len(rows) + 2 * pad > (1 - MIN_CUT) * (len(layout) + 2 * w[3]):
+            op, top = _AxisOp(None, w[3]), as_is  # complete as it is, and a gather would cut little
+        else:
+            op, top = _AxisOp(_gather(layout, rows), pad), _apply(w, rows, pad, sig)
+        plan.append((op, top, full_out[i]))
+        layout = top
+    return plan
 
 
 def _windows(module, axis):
@@ -157,20 +208,22 @@ class Trunk(nn.Module):
         short map as (row, column) indices or None, its padding on the short map); per output,
         the gather that widens it back (or None)."""
         if size not in self._plans:
+            layers = [_layer_of(step) for step in self.steps]
             ops = [[None, None] for _ in self.steps]
             ends = {b: [None, None] for b in self.outputs}
             for axis in (0, 1):
                 sig = _Signatures()
                 start = [sig(("in", i)) for i in range(size[axis])]
+                windowed = iter(_plan_axis([_windows(layer, axis) for layer in layers if layer != "relu"],
+                                           start, sig))
                 short = {self.steps[0].bottom[0]: start}
                 full = {self.steps[0].bottom[0]: start}
-                for i, step in enumerate(self.steps):
-                    layer = _layer_of(step)
+                for i, (step, layer) in enumerate(zip(self.steps, layers)):
                     b = step.bottom[0]
                     if layer == "relu":
                         short[step.top[0]], full[step.top[0]] = short[b], full[b]
                         continue
-                    op, top_short, top_full = _plan_window(short[b], full[b], _windows(layer, axis), sig)
+                    op, top_short, top_full = next(windowed)
                     ops[i][axis] = (op, len(short[b]))
                     if isinstance(step.module, ReLUMaxPool):
                         # the ReLU's top in the pooling's input layout
