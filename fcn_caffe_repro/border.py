@@ -177,12 +177,21 @@ def _windows(module, axis):
     return ("pool", module.kernel[axis], module.stride[axis], module.pad[axis], 1)
 
 
+def _convolution(module):
+    """The Convolution a step computes: the layer itself, or the `layer` of a step that wraps one
+    (the fast mode's FastConv, its ReLU included) and takes a `pad` argument; else None."""
+    if type(module) is L.Convolution:
+        return module
+    layer = getattr(module, "layer", None)
+    return layer if type(layer) is L.Convolution else None
+
+
 def _layer_of(step):
     """The layer that reads a step's bottom through a window (a Convolution or a pooling), "relu"
     for a pointwise ReLU step, or None when the step is not part of a trunk."""
     m = step.module
-    if type(m) is L.Convolution:
-        return m
+    if _convolution(m) is not None:
+        return _convolution(m)
     if type(m) is L.Pooling and not m.global_pooling and m.method in ("MAX", "AVE"):
         return m
     if isinstance(m, ReLUMaxPool):
@@ -242,12 +251,15 @@ class Trunk(nn.Module):
         for step, op, frees in zip(self.steps, ops, self._frees):
             x = blobs[step.bottom[0]]
             module = step.module
+            conv = _convolution(module)
             if op is not None:
                 x = _select(x, op[0])
-            if op is not None and type(module) is L.Convolution and op[1] != tuple(module.pad):
+            if op is None or conv is None or op[1] == tuple(conv.pad):
+                tops = module(x)
+            elif module is conv:
                 tops = (_conv(module, x, op[1]),)
             else:
-                tops = module(x)
+                tops = module(x, pad=op[1])
             for name, value in zip(step.top, tops):
                 blobs[name] = value
             for name in frees:
@@ -290,19 +302,20 @@ def _conv(module, x, pad):
 
 
 def trunk_plan(steps, keep=()):
-    """The steps with the run of trunk steps after the inputs (one bottom each, the first reading
-    an input) as one Trunk step, when its first layer pads past its window's reach (a border
-    that the later layers carry on); other steps as given. The Trunk's tops are the blobs that
+    """The steps with the chain of trunk steps after the inputs (the first reading an input, each
+    later one the last top of the one before it) as one Trunk step, when its first layer pads past
+    its window's reach (a border that the later layers carry on); other steps as given. The Trunk's tops are the blobs that
     later steps read and those in `keep` (the net's outputs)."""
     steps = list(steps)
     first = next((i for i, s in enumerate(steps) if type(s.module) is not L.Input), None)
-    if first is None or type(steps[first].module) is not L.Convolution:
+    conv = None if first is None else _convolution(steps[first].module)
+    if conv is None:
         return steps
-    conv = steps[first].module
     if train_ops.border_reach(conv.kernel, conv.stride, conv.pad, conv.dilation) is None:
         return steps
-    end = first
-    while end < len(steps) and len(steps[end].bottom) == 1 and _layer_of(steps[end]) is not None:
+    end = first + 1
+    while (end < len(steps) and _layer_of(steps[end]) is not None
+           and list(steps[end].bottom) == [steps[end - 1].top[-1]]):
         end += 1
     inside = steps[first:end]
     outputs = []
@@ -313,3 +326,8 @@ def trunk_plan(steps, keep=()):
                 outputs.append(t)
     trunk = Trunk(inside, outputs)
     return steps[:first] + [Step("+".join(s.name for s in inside), list(inside[0].bottom), outputs, trunk)] + steps[end:]
+
+
+def inner_steps(steps):
+    """The steps with each Trunk's own steps in its place: every layer step a plan runs."""
+    return [t for s in steps for t in (s.module.steps if isinstance(s.module, Trunk) else [s])]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import fast, fusion, weight_formats
+from . import border, fast, fusion, weight_formats
 from . import layers as L
 from .caffe import caffemodel
 from .caffe.spec import NetSpec
@@ -191,6 +191,12 @@ class CaffeNet(nn.Module):
                     module.check(top, x)
                     self._check_dtype(top, x, step.name)
                     blobs[top] = x
+                continue
+            if return_blobs and isinstance(module, border.Trunk):
+                # every blob asked for: the trunk's layers on the full maps, each top kept
+                for inner in module.steps:
+                    for name, value in zip(inner.top, inner.module(*[blobs[b] for b in inner.bottom])):
+                        blobs[name] = value
                 continue
             tops = module(*[blobs[b] for b in step.bottom])
             for name, value in zip(step.top, tops):

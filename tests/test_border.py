@@ -141,3 +141,41 @@ def test_a_net_padded_within_its_window_keeps_its_plan():
     net = _chain((12, 12), [("conv", 3, 1, 1, 1), ("MAX", 2, 2, 0, 1)], pad=1)
     steps = _training_steps(net, False)
     assert border.trunk_plan(steps, keep=net.outputs) == steps
+
+
+def test_the_fast_mode_runs_its_trunk_on_short_maps_and_still_gives_every_blob():
+    net = fcr.build_net("voc-fcn8s", phase="deploy", num_classes=5, width_divisor=16)
+    randomize(net, 4)
+    x = torch.randn(1, 3, 72, 88, generator=torch.Generator().manual_seed(4)) * 50
+    net.optimize()
+    assert sum(isinstance(s.module, border.Trunk) for s in net.plan) == 1
+    seen = {}
+    conv1_2 = next(s.module for s in border.inner_steps(net.plan) if s.name.startswith("conv1_2"))
+    hook = conv1_2.register_forward_pre_hook(lambda module, args: seen.setdefault("conv1_2", args[0].shape) and None)
+    with torch.no_grad():
+        short = net(data=x)["score"]
+        every = net(return_blobs=True, data=x)
+        net.set_plan(border.inner_steps(net.plan))
+        full = net(data=x)["score"]
+    hook.remove()
+    assert seen["conv1_2"][2] < 72 + 30 and seen["conv1_2"][3] < 88 + 30  # the full map is 270 x 286
+    assert every["conv1_2"].shape[2:] == (270, 286), "asked for every blob: the trunk's layers on the full maps"
+    # float32 sums in another order at most: a misplaced row or column is off by the values' own order
+    assert float((short - full).abs().max()) <= 1e-4 * float(full.abs().max())
+    assert torch.equal(every["score"], full)
+
+
+def test_a_step_reading_an_earlier_blob_ends_the_trunk():
+    """The plan follows one chain of maps: a layer on an earlier blob (FCN's score_pool4 on pool4)
+    runs after the trunk, on that blob widened back."""
+    n = NetBuilder()
+    n.data = S.Input(input_param=dict(shape=dict(dim=[1, 2, 9, 7])))
+    n.conv0 = S.Convolution(n.data, num_output=3, kernel_size=3, pad=20)
+    n.pool1 = S.Pooling(n.conv0, pool="MAX", kernel_size=2, stride=2)
+    n.conv2 = S.Convolution(n.pool1, num_output=3, kernel_size=3, pad=1)
+    n.side = S.Convolution(n.pool1, num_output=3, kernel_size=3, pad=2)
+    net = CaffeNet(n.to_spec("branch"), phase="train")
+    randomize(net, 5)
+    trunk = [s.module for s in _training_steps(net, True) if isinstance(s.module, border.Trunk)]
+    assert len(trunk) == 1 and [s.name for s in trunk[0].steps] == ["conv0", "pool1", "conv2"]
+    _compare(net, dict(data=torch.randn(1, 2, 9, 7, generator=torch.Generator().manual_seed(5))), 5)

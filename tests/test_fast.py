@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import CAFFE_REF, rel_err
 import fcn_caffe_repro as fcr
-from fcn_caffe_repro import fast, ops, torch_private
+from fcn_caffe_repro import border, fast, ops, torch_private
 from fcn_caffe_repro.errors import NetError
 
 NETS = sorted(p.name for p in (CAFFE_REF / "nets").iterdir() if p.is_dir())
@@ -113,7 +113,7 @@ def test_fast_mode_takes_the_fast_ops(monkeypatch):
 def test_blobs_are_freed_after_their_last_reader():
     net, _, inputs = load("voc-fcn8s")
     net.optimize()
-    steps = {s.name: s for s in net.plan}
+    steps = {s.name: s for s in border.inner_steps(net.plan)}
     refs, alive_at_end = {}, {}
 
     def keep(name):
@@ -155,7 +155,7 @@ def test_reused_buffers_never_overwrite_what_a_caller_holds(monkeypatch):
 def test_weights_changed_after_optimize_are_used():
     net, ref, inputs = load("voc-fcn32s")
     net.optimize()
-    step = next(s.module for s in net.plan if s.name == "conv1_1+relu1_1")
+    step = next(s.module for s in border.inner_steps(net.plan) if s.name == "conv1_1+relu1_1")
     assert step.repacks == 1
     other = {name: [b.detach().numpy() * 1.5 for b in blobs] for name, blobs in net.params_by_layer().items()}
     net.load_caffemodel(other)
@@ -305,10 +305,11 @@ def test_bfloat16_mode_scores_within_bfloat16_error_of_float32(name):
     want, got, net = bf16_against_float32(name)
     assert_bf16_scores_close(want, got, name)
     dtypes = {n: d for n, _, d in fast.describe(net, dtypes=True)}
-    trunk = [s.top[0] for s in net.plan if isinstance(s.module, fast.FastConv) and dtypes[s.name] == "bfloat16"]
+    trunk = [s.top[0] for s in border.inner_steps(net.plan)
+             if isinstance(s.module, fast.FastConv) and dtypes[s.name] == "bfloat16"]
     assert len(trunk) >= 7 and all(got[t].dtype == torch.bfloat16 for t in trunk)
     # the steps writing the scores (read by the loss only) compute in float32: the scores are not rounded
-    writer = {t: s.name for s in net.plan for t in s.top}
+    writer = {t: s.name for s in border.inner_steps(net.plan) for t in s.top}
     assert all(dtypes[writer[k]] == "float32" for k in SCORES.get(name, ("score",)))
 
 
@@ -317,7 +318,7 @@ def test_bfloat16_plan_keeps_the_float32_parameters_and_converts_each_weight_onc
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.optimize(dtype=torch.bfloat16)
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    steps = {s.name: s.module for s in net.plan}
+    steps = {s.name: s.module for s in border.inner_steps(net.plan)}
     assert steps["conv1_1+relu1_1"].repacks == 1
     with torch.no_grad():
         for _ in range(2):

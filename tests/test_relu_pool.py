@@ -152,7 +152,7 @@ def test_the_solver_trains_on_the_fused_plan():
     net = small_fcn()
     solver = fcr.SGDSolver(net, base_lr=1e-9, lr_policy="fixed", momentum=0.9)
     # the first steps run inside the border pass's Trunk (border.py)
-    steps = [t for s in net.plan for t in (s.module.steps if isinstance(s.module, border.Trunk) else [s])]
+    steps = border.inner_steps(net.plan)
     assert sum(isinstance(s.module, relu_pool.ReLUMaxPool) for s in steps) == 5
     solver.step(**inputs())
     assert solver.iter == 1

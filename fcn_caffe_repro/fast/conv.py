@@ -51,9 +51,11 @@ class FastConv(nn.Module):
         dtype = "" if self.dtype is None else f", {str(self.dtype).replace('torch.', '')}"
         return f"'{self.layer.layer_name}', {self.impl}{relu}{dtype}"
 
-    def forward(self, x):
+    def forward(self, x, pad=None):
+        """The step on x, padded by the layer's pad or by `pad` (border.py's short maps)."""
         c = self.layer
         c._check_input(x)
+        pad = c.pad if pad is None else tuple(pad)
         recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in c.blobs()))
         if self.dtype is not None:
             if recording:
@@ -67,17 +69,17 @@ class FastConv(nn.Module):
                                "recording; run under torch.no_grad() or optimize(train='autograd')",
                                layer=c.layer_name)
             self.calls["autograd"] += 1  # the plain layers' arithmetic and layout
-            return (self._relu(F.conv2d(x, c.weight, c.bias, c.stride, c.pad, c.dilation, c.group)),)
+            return (self._relu(F.conv2d(x, c.weight, c.bias, c.stride, pad, c.dilation, c.group)),)
         self.calls[self.impl] += 1
         if self.impl == "mkldnn":
             onednn.check_input(c, x, self.dtype or torch.float32)
             w, b = self.params()
             return (onednn.conv2d(c, self._layout(x), w, b, self.slope, self.pool,
-                                  self.memory_format == "channels_last"),)
+                                  self.memory_format == "channels_last", pad),)
         w, b = self.params()
-        if self.impl == "gemm":
+        if self.impl == "gemm" and pad == c.pad:
             return (self._relu(gemm.conv2d(c, x, w, b)),)
-        return (self._relu(F.conv2d(self._layout(x), w, b, c.stride, c.pad, c.dilation, c.group)),)
+        return (self._relu(F.conv2d(self._layout(x), w, b, c.stride, pad, c.dilation, c.group)),)
 
     def _layout(self, x):
         fmt = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format

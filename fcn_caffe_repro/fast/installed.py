@@ -3,6 +3,7 @@ buffer pool's state, and re-packing weights written around PyTorch's version cou
 from .conv import FastConv
 from .lrn import FastLRN
 from .precision import Cast
+from ..border import inner_steps
 from ..fusion import FusedDeconvCropSum
 
 
@@ -28,20 +29,21 @@ def step_dtype(step):
 
 
 def describe(net, dtypes=False):
-    """[(step name, path)] for every step of the net's current plan; dtypes=True: [(name, path, dtype)]
-    (step_dtype)."""
+    """[(step name, path)] for every step of the net's current plan (a trunk's steps each, see
+    border.py); dtypes=True: [(name, path, dtype)] (step_dtype)."""
     if dtypes:
-        return [(s.name, step_path(s), step_dtype(s)) for s in net.plan]
-    return [(s.name, step_path(s)) for s in net.plan]
+        return [(s.name, step_path(s), step_dtype(s)) for s in inner_steps(net.plan)]
+    return [(s.name, step_path(s)) for s in inner_steps(net.plan)]
 
 
 def calls(net):
     """{step name: {path: times run}} for the convolution (and LRN) steps of the fast plan."""
-    return {s.name: dict(s.module.calls) for s in net.plan if isinstance(s.module, (FastConv, FastLRN))}
+    return {s.name: dict(s.module.calls) for s in inner_steps(net.plan) if isinstance(s.module, (FastConv, FastLRN))}
 
 
 def _pool(net):
-    return next((s.module.pool for s in net.plan if isinstance(s.module, FastConv) and s.module.pool), None)
+    return next((s.module.pool for s in inner_steps(net.plan) if isinstance(s.module, FastConv) and s.module.pool),
+                None)
 
 
 def buffer_stats(net):
@@ -62,7 +64,7 @@ def release_buffers(net):
 
 def repack(net):
     """Re-pack every prepacked or converted weight now (needed only after writes through `param.data`)."""
-    for s in net.plan:
+    for s in inner_steps(net.plan):
         if isinstance(s.module, FastConv) and s.module.has_copies():
             s.module.pack()
         elif isinstance(s.module, FusedDeconvCropSum):

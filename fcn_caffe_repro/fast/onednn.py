@@ -30,20 +30,22 @@ def check_input(conv, x, dtype=torch.float32):
                        layer=conv.layer_name)
 
 
-def conv2d(conv, x, packed, bias, slope, pool, channels_last):
+def conv2d(conv, x, packed, bias, slope, pool, channels_last, pad=None):
     """The layer's convolution of x (checked by check_input, in the step's layout) with the packed
     weight and the bias (x's dtype: oneDNN's in-place form wants them equal; None: no bias), then
-    ReLU (slope 0), leaky ReLU (another slope) or nothing (None), as one oneDNN call."""
+    ReLU (slope 0), leaky ReLU (another slope) or nothing (None), as one oneDNN call; padded by the
+    layer's pad or by `pad`."""
+    pad = conv.pad if pad is None else pad
     if slope is None:
         attr, scalars = "none", []
     elif slope == 0:
         attr, scalars = "relu", []
     else:
         attr, scalars = "leaky_relu", [slope]
-    args = (list(conv.pad), list(conv.stride), list(conv.dilation), conv.group)
+    args = (list(pad), list(conv.stride), list(conv.dilation), conv.group)
     out = None
     if pool is not None and attr != "leaky_relu":  # oneDNN's in-place form fuses relu only
-        out = pool.take(conv.output_shape(x.shape), x.dtype, channels_last)
+        out = pool.take(conv.output_shape(x.shape, pad), x.dtype, channels_last)
     if out is None:
         return torch_private.conv_pointwise(x, packed, bias, *args, attr, scalars)
     # out = relu(conv(x) + bias + out) with out zeroed: the same values, written in place

@@ -6,7 +6,7 @@ from .conv import IMPLS, FastConv, auto_impl
 from .lrn import FastLRN
 from .pool import BufferPool
 from .. import layers as L
-from .. import ops, torch_private
+from .. import border, ops, torch_private
 from ..errors import NetError
 from ..fusion import FusedDeconvCropSum, fused_plan
 from ..plan import Step, layer_steps
@@ -123,5 +123,5 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
     for module in [s.module for s in steps if isinstance(s.module, FastConv) and s.module.has_copies()]:
         # up front: the memory is claimed and bad dtypes/devices raise here
         module.pack()
-    net.set_plan(steps)
+    net.set_plan(border.trunk_plan(steps, keep=net.outputs))
     return net
