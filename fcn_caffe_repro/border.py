@@ -1,4 +1,5 @@
-"""The training pass that leaves out the rows and columns of a padded net's constant border.
+"""The pass that leaves out the rows and columns of a padded net's constant border: on the training
+plan (SGDSolver) and on the fast mode's (fast.optimize).
 
 FCN pads conv1_1 by 100: on a 128-pixel image 196 of conv1_1's 326 output rows see only padding
 and hold the bias; conv1_2 to conv4_3 carry that border on as runs of identical rows (and

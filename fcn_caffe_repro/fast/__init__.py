@@ -16,6 +16,9 @@ The rewrite (rewrite.py; tools/bench_net.py measures it against the plain path):
   runs well below the GEMM rate;
 - Deconvolution -> Crop (-> Eltwise SUM) through the fused op (fusion.py), skip="ext";
 - LRN across channels (AlexNet) as a windowed sum on the NHWC view (lrn.py);
+- a net whose first convolution pads past its window (FCN's conv1_1, pad 100) runs its first
+  layers on maps without most of that constant border (border.py, as in training): full-width
+  FCN-8s at 500 x 500 3.48 -> 2.89 s on one AMD EPYC thread, the same scores;
 - blobs freed after their last reader, as CaffeNet.forward does whenever return_blobs is off.
 Every other layer runs its own module on whatever layout it gets. Results agree with Caffe's
 blobs to the tolerances of the parity tests (only summation order differs).
