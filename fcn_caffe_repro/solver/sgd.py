@@ -115,7 +115,8 @@ class SGDSolver:
           such tops; the bytes in use at the iteration's peak went from 2.44 to 2.26 GB).
         - A net whose first convolution pads past its window's reach (FCN's conv1_1, pad 100)
           runs its first convolutions, ReLUs and poolings on maps without most of the constant
-          border (border.py): a width/16 FCN-8s iteration on a 128-pixel image 22.7 -> 17.6 ms.
+          border (border.py): a width/16 FCN-8s iteration on a 128-pixel image 24.4 -> 17.1 ms
+          (one thread, A/B in one process).
         A net on another device trains on its layers (a rewritten plan it brings is undone): on an
         H200 the fused op's CUDA backward of the skip calls is launch-bound and no faster than the
         layers' (README, GPU section)."""
