@@ -191,8 +191,9 @@ def _layer_of(step):
     """The layer that reads a step's bottom through a window (a Convolution or a pooling), "relu"
     for a pointwise ReLU step, or None when the step is not part of a trunk."""
     m = step.module
-    if _convolution(m) is not None:
-        return _convolution(m)
+    conv = _convolution(m)
+    if conv is not None:
+        return conv
     if type(m) is L.Pooling and not m.global_pooling and m.method in ("MAX", "AVE"):
         return m
     if isinstance(m, ReLUMaxPool):
@@ -305,8 +306,8 @@ def _conv(module, x, pad):
 def trunk_plan(steps, keep=()):
     """The steps with the chain of trunk steps after the inputs (the first reading an input, each
     later one the last top of the one before it) as one Trunk step, when its first layer pads past
-    its window's reach (a border that the later layers carry on); other steps as given. The Trunk's tops are the blobs that
-    later steps read and those in `keep` (the net's outputs)."""
+    its window's reach (a border that the later layers carry on); other steps as given. The
+    Trunk's tops are the blobs that later steps read and those in `keep` (the net's outputs)."""
     steps = list(steps)
     first = next((i for i, s in enumerate(steps) if type(s.module) is not L.Input), None)
     conv = None if first is None else _convolution(steps[first].module)

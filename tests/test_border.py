@@ -1,5 +1,6 @@
-"""The training pass that runs a padded net's first layers on maps without most of the constant
-border: the same outputs and gradients as the layers on the full maps, on smaller maps."""
+"""The pass that runs a padded net's first layers on maps without most of the constant border (in
+training and in the fast mode): the same outputs and gradients as the layers on the full maps, on
+smaller maps."""
 import copy
 
 import torch
