@@ -176,6 +176,12 @@ class CaffeNet(nn.Module):
 
     # --- running -----------------------------------------------------------------------------
     def forward(self, return_blobs=False, **inputs):
+        """{output: tensor} of the net on `inputs` (tensors by input name). return_blobs: False,
+        True (every blob: a border trunk's layers then run on the full maps, each top kept), or
+        names of blobs to return besides the outputs (kept from being freed; the solver's loss
+        tops)."""
+        every = return_blobs is True
+        wanted = [] if isinstance(return_blobs, bool) else [b for b in return_blobs if b not in self.outputs]
         missing = [t for t in self.inputs if t not in inputs]
         unknown = [t for t in inputs if t not in self.inputs]
         if missing or unknown:
@@ -192,7 +198,7 @@ class CaffeNet(nn.Module):
                     self._check_dtype(top, x, step.name)
                     blobs[top] = x
                 continue
-            if return_blobs and isinstance(module, border.Trunk):
+            if every and isinstance(module, border.Trunk):
                 # every blob asked for: the trunk's layers on the full maps, each top kept
                 for inner in module.steps:
                     for name, value in zip(inner.top, inner.module(*[blobs[b] for b in inner.bottom])):
@@ -201,12 +207,13 @@ class CaffeNet(nn.Module):
             tops = module(*[blobs[b] for b in step.bottom])
             for name, value in zip(step.top, tops):
                 blobs[name] = value
-            if not return_blobs:
+            if not every:
                 for name in frees:
-                    del blobs[name]
-        if return_blobs:
+                    if name not in wanted:
+                        del blobs[name]
+        if every:
             return blobs
-        return {name: blobs[name] for name in self.outputs}
+        return {name: blobs[name] for name in [*self.outputs, *wanted]}
 
     def _check_dtype(self, top, x, layer):
         """A floating input must have the parameters' dtype (convert the net with .to(dtype))."""

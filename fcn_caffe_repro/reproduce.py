@@ -122,7 +122,7 @@ def balance_skips(net, data, images=8):
     with torch.no_grad():
         for i in range(images):
             x, y = data[i]
-            blobs = net(return_blobs=True, data=x[None], label=y[None, None].float())
+            blobs = net(return_blobs=("fc7", "pool4", "pool3"), data=x[None], label=y[None, None].float())
             for blob in ("fc7", "pool4", "pool3"):
                 sums[blob] = sums.get(blob, 0.0) + float(blobs[blob].double().pow(2).mean())
     net.train(was_training)

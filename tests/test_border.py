@@ -180,3 +180,20 @@ def test_a_step_reading_an_earlier_blob_ends_the_trunk():
     trunk = [s.module for s in _training_steps(net, True) if isinstance(s.module, border.Trunk)]
     assert len(trunk) == 1 and [s.name for s in trunk[0].steps] == ["conv0", "pool1", "conv2"]
     _compare(net, dict(data=torch.randn(1, 2, 9, 7, generator=torch.Generator().manual_seed(5))), 5)
+
+
+def test_the_solver_steps_on_the_short_maps():
+    """SGDSolver.step asks the net for its loss tops only, so its forward runs the trunk (asking for
+    every blob would run the trunk's layers on the full maps)."""
+    net = fcr.build_net("voc-fcn8s", phase="train", num_classes=5, width_divisor=16)
+    randomize(net, 6)
+    solver = fcr.SGDSolver(net, base_lr=1e-12, lr_policy="fixed", momentum=0.9)
+    seen = []
+    conv1_2 = next(s.module for s in border.inner_steps(net.plan) if s.name == "conv1_2")
+    hook = conv1_2.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[2:]) and None)
+    g = torch.Generator().manual_seed(6)
+    solver.step(data=torch.randn(1, 3, 72, 88, generator=g) * 50,
+                label=torch.randint(0, 5, (1, 1, 72, 88), generator=g).float())
+    hook.remove()
+    if ops.extension_available():
+        assert len(seen) == 1 and seen[0][0] < 72 + 30 and seen[0][1] < 88 + 30, seen

@@ -122,7 +122,8 @@ class SGDSolver:
         layers' (README, GPU section)."""
         on_cpu = _on_cpu(net)
         if on_cpu and ops.extension_available():
-            net.set_plan(border.trunk_plan(relu_pool.fused_plan(fusion.fused_plan(net.plan)), keep=net.outputs))
+            net.set_plan(border.trunk_plan(relu_pool.fused_plan(fusion.fused_plan(net.plan)),
+                                           keep=[*net.outputs, *net.loss_weights]))
         elif not on_cpu and any(isinstance(step.module, (fusion.FusedDeconvCropSum, border.Trunk))
                                 for step in net.plan):
             fusion.fuse(net, enabled=False)
@@ -194,7 +195,7 @@ class SGDSolver:
                 p.grad = None
             loss = 0.0
             for batch in batches:
-                objective = self.net.objective(self.net(return_blobs=True, **batch))
+                objective = self.net.objective(self.net(return_blobs=self.net.loss_weights, **batch))
                 objective.backward()
                 loss += float(objective.detach())
             loss /= len(batches)
