@@ -180,3 +180,13 @@ def test_unknown_fields_are_errors_with_an_explicit_opt_out(tmp_path):
     assert len(messages) == 2 and "typo.prototxt:4:3: unknown field 'kernal_size'" in messages[0]
     assert "typo.prototxt:5:" in messages[1] and "'fork_field' in LayerParameter" in messages[1]
     assert net.layer("conv").kernel == (3, 3) and "kernal_size" not in net.to_prototxt()
+
+
+def test_forward_returns_the_blobs_named_besides_the_outputs():
+    net = fcr.build_net("voc-fcn32s", phase="deploy", num_classes=3, width_divisor=16)
+    x = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        every = net(data=x, return_blobs=True)
+        some = net(data=x, return_blobs=["fc7", "pool4"])
+    assert set(some) == {"score", "fc7", "pool4"}
+    assert all(torch.equal(some[k], every[k]) for k in some)
