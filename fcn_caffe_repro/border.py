@@ -214,6 +214,10 @@ class Trunk(nn.Module):
         self._frees = [frees for _, frees in with_frees(steps, set(outputs))]
         self._plans = {}
 
+    def inner_tops(self):
+        """The blobs its steps write that it does not return."""
+        return {t for s in self.steps for t in s.top} - set(self.outputs)
+
     def plan(self, size):
         """For an input of `size` (rows, columns): per step, None or (the gather of its bottom's
         short map as (row, column) indices or None, its padding on the short map); per output,

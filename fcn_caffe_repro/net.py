@@ -177,9 +177,9 @@ class CaffeNet(nn.Module):
     # --- running -----------------------------------------------------------------------------
     def forward(self, return_blobs=False, **inputs):
         """{output: tensor} of the net on `inputs` (tensors by input name). return_blobs: False,
-        True (every blob: a border trunk's layers then run on the full maps, each top kept), or
-        names of blobs to return besides the outputs (kept from being freed; the solver's loss
-        tops)."""
+        True (every blob), or names of blobs to return besides the outputs (kept from being freed;
+        the solver's loss tops). A border trunk (border.py) whose inner blobs are asked for runs
+        its layers on the full maps, each top kept."""
         every = return_blobs is True
         wanted = [] if isinstance(return_blobs, bool) else [b for b in return_blobs if b not in self.outputs]
         missing = [t for t in self.inputs if t not in inputs]
@@ -198,8 +198,8 @@ class CaffeNet(nn.Module):
                     self._check_dtype(top, x, step.name)
                     blobs[top] = x
                 continue
-            if every and isinstance(module, border.Trunk):
-                # every blob asked for: the trunk's layers on the full maps, each top kept
+            if isinstance(module, border.Trunk) and (every or set(wanted) & module.inner_tops()):
+                # a blob inside the trunk asked for: its layers on the full maps, each top kept
                 for inner in module.steps:
                     for name, value in zip(inner.top, inner.module(*[blobs[b] for b in inner.bottom])):
                         blobs[name] = value

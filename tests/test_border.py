@@ -156,6 +156,7 @@ def test_the_fast_mode_runs_its_trunk_on_short_maps_and_still_gives_every_blob()
     with torch.no_grad():
         short = net(data=x)["score"]
         every = net(return_blobs=True, data=x)
+        inner = net(return_blobs=["conv3_3", "pool4"], data=x)
         net.set_plan(border.inner_steps(net.plan))
         full = net(data=x)["score"]
     hook.remove()
@@ -164,6 +165,7 @@ def test_the_fast_mode_runs_its_trunk_on_short_maps_and_still_gives_every_blob()
     # float32 sums in another order at most: a misplaced row or column is off by the values' own order
     assert float((short - full).abs().max()) <= 1e-4 * float(full.abs().max())
     assert torch.equal(every["score"], full)
+    assert set(inner) == {"score", "conv3_3", "pool4"} and torch.equal(inner["conv3_3"], every["conv3_3"])
 
 
 def test_a_step_reading_an_earlier_blob_ends_the_trunk():
