@@ -212,11 +212,9 @@ class Trunk(nn.Module):
         self.steps = steps  # a list: the layers stay registered on the net only
         self.outputs = list(outputs)
         self._frees = [frees for _, frees in with_frees(steps, set(outputs))]
+        self._convs = [_convolution(s.module) for s in steps]
+        self.inner_tops = frozenset(t for s in steps for t in s.top) - set(self.outputs)  # written, not returned
         self._plans = {}
-
-    def inner_tops(self):
-        """The blobs its steps write that it does not return."""
-        return {t for s in self.steps for t in s.top} - set(self.outputs)
 
     def plan(self, size):
         """For an input of `size` (rows, columns): per step, None or (the gather of its bottom's
@@ -254,10 +252,9 @@ class Trunk(nn.Module):
     def forward(self, x):
         ops, ends = self.plan(tuple(x.shape[2:]))
         blobs = {self.steps[0].bottom[0]: x}
-        for step, op, frees in zip(self.steps, ops, self._frees):
+        for step, op, frees, conv in zip(self.steps, ops, self._frees, self._convs):
             x = blobs[step.bottom[0]]
             module = step.module
-            conv = _convolution(module)
             if op is not None:
                 x = _select(x, op[0])
             if op is None or conv is None or op[1] == tuple(conv.pad):

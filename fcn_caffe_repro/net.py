@@ -198,7 +198,7 @@ class CaffeNet(nn.Module):
                     self._check_dtype(top, x, step.name)
                     blobs[top] = x
                 continue
-            if isinstance(module, border.Trunk) and (every or set(wanted) & module.inner_tops()):
+            if isinstance(module, border.Trunk) and (every or not module.inner_tops.isdisjoint(wanted)):
                 # a blob inside the trunk asked for: its layers on the full maps, each top kept
                 for inner in module.steps:
                     for name, value in zip(inner.top, inner.module(*[blobs[b] for b in inner.bottom])):
