@@ -1,6 +1,6 @@
 // The operator schemas of fcn_caffe_repro (one TORCH_LIBRARY block) and the Python module _C.
 // Kernels register per dispatch key: cpu/deconv_crop_sum.cpp, cuda/deconv_crop_sum.cu, cpu/max_pool.cpp,
-// cpu/small_conv.cpp;
+// cpu/small_conv.cpp, cpu/winograd.cpp;
 // autograd.cpp holds deconv_crop_sum's Autograd kernel (max_pool's and small_conv's are ops.py's).
 #include <Python.h>
 #include <torch/library.h>
@@ -34,4 +34,10 @@ TORCH_LIBRARY(fcn_caffe_repro, m) {
   // backward gives (input, weight, bias) gradients; an output_mask entry false: an empty tensor.
   m.def("small_conv_forward(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("small_conv_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Winograd F(2x2, 3x3)'s transforms around torch.bmm for 3x3, stride-1 float32 convolutions
+  // (cpu/winograd.cpp; the fast inference mode's wide layers, fast/winograd.py).  out: where to
+  // write (None: a new tensor); activation: 0 none, 1 ReLU, 2 leaky ReLU with slope; the bool:
+  // every pre-activation value finite.
+  m.def("winograd_input(Tensor x, int[2] pad, Tensor? out) -> Tensor");
+  m.def("winograd_output(Tensor m, Tensor? bias, int[3] out_size, int activation, float slope) -> (Tensor, bool)");
 }

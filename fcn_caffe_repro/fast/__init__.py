@@ -14,6 +14,9 @@ The rewrite (rewrite.py; tools/bench_net.py measures it against the plain path):
 - conv="gemm" (gemm.py): im2col and one GEMM against a view of the weight. "auto" takes it for
   fc-like layers (VGG's fc6: a 7x7x512 reduction on a small output), where oneDNN's direct kernel
   runs well below the GEMM rate;
+- Winograd F(2x2, 3x3) (winograd.py): "auto" takes it in float32 for 3x3 stride-1 layers with
+  256 or more input channels (VGG's conv3_2 to conv5_3), 16 products per 2x2 tile instead of 36
+  as batched GEMMs between two transforms (csrc/cpu/winograd.cpp), into a shared workspace;
 - Deconvolution -> Crop (-> Eltwise SUM) through the fused op (fusion.py), skip="ext";
 - LRN across channels (AlexNet) as a windowed sum on the NHWC view (lrn.py);
 - a net whose first convolution pads past its window (FCN's conv1_1, pad 100) runs its first

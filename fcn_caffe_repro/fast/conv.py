@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import gemm, onednn
+from . import gemm, onednn, winograd
 from .precision import cast_inputs
 from ..errors import NetError
 from ..torch_private import version_counter
@@ -13,31 +13,36 @@ from ..torch_private import version_counter
 IMPLS = ("mkldnn", "gemm", "torch")
 
 
-def auto_impl(conv):
+def auto_impl(conv, winograd_ok=True):
     """GEMM for fc-like layers (kernel >= 5x5 over >= 4096 inputs), where oneDNN's direct kernel
-    runs well below the GEMM rate (VGG's fc6: a 7x7x512 reduction), else oneDNN."""
+    runs well below the GEMM rate (VGG's fc6: a 7x7x512 reduction); Winograd for wide 3x3 layers
+    (winograd.worth_it) where `winograd_ok` (the float32 plan, channels_last); else oneDNN."""
     kh, kw = conv.kernel
     if conv.group == 1 and conv.dilation == (1, 1) and kh * kw >= 25 and conv.channels * kh * kw >= 4096:
         return "gemm"
+    if winograd_ok and winograd.worth_it(conv):
+        return "winograd"
     return "mkldnn"
 
 
 class FastConv(nn.Module):
-    """impl "mkldnn" (onednn.py, prepacked weight), "gemm" (gemm.py) or "torch" (F.conv2d); the
-    ReLU is oneDNN's post-op or an in-place op on the output. While autograd records, every impl
+    """impl "mkldnn" (onednn.py, prepacked weight), "gemm" (gemm.py), "torch" (F.conv2d) or
+    "winograd" (winograd.py, transformed weight; chosen by auto_impl only); the ReLU is oneDNN's
+    post-op, the Winograd output transform's, or an in-place op on the output. While autograd records, every impl
     runs F.conv2d and the ReLU (path "autograd"), or raises with train="error".
 
     dtype None: the input and parameters as they are (the float32 plan). A dtype (the bfloat16
     plan, precision.py): the input converted to it, the weight and bias converted once (re-converted
     when they change), inference only."""
 
-    def __init__(self, conv, slope, impl, memory_format, train, pool=None, dtype=None):
+    def __init__(self, conv, slope, impl, memory_format, train, pool=None, dtype=None, workspace=None):
         super().__init__()
         self.conv = [conv]  # a list: the layer stays registered on the net only
         self.slope = slope  # None: no ReLU; 0.0: ReLU; else Caffe's negative_slope
         self.impl, self.memory_format, self.train_mode = impl, memory_format, train
         self.dtype = dtype
         self.pool = pool  # BufferPool shared by the plan's oneDNN steps, or None
+        self.workspace = workspace  # winograd.Workspace shared by the plan's Winograd steps, or None
         self.calls = Counter()
         self.repacks = 0
         self._packed, self._key = None, None
@@ -76,6 +81,13 @@ class FastConv(nn.Module):
             w, b = self.params()
             return (onednn.conv2d(c, self._layout(x), w, b, self.slope, self.pool,
                                   self.memory_format == "channels_last", pad),)
+        if self.impl == "winograd":
+            u, b = self.params()
+            y = winograd.conv2d(c, x, u, b, self.slope, pad, self.workspace)
+            if y is None:  # an inf or NaN: computed directly, where Caffe's sums place them
+                y = self._relu(F.conv2d(self._layout(x), c.weight.detach(), None if c.bias is None else c.bias.detach(),
+                                        c.stride, pad, c.dilation, c.group))
+            return (y,)
         w, b = self.params()
         if self.impl == "gemm" and pad == c.pad:
             return (self._relu(gemm.conv2d(c, x, w, b)),)
@@ -99,11 +111,12 @@ class FastConv(nn.Module):
 
     def has_copies(self):
         """Whether the step computes with copies of the parameters (packed or converted), not them."""
-        return self.impl == "mkldnn" or (self.dtype is not None and self.dtype != self.layer.weight.dtype)
+        return self.impl in ("mkldnn", "winograd") or (self.dtype is not None and self.dtype != self.layer.weight.dtype)
 
     def params(self):
         """(weight, bias) in the step's form: oneDNN's blocked weight and the bias for "mkldnn", the
-        parameters in the step's dtype otherwise; copies are re-made whenever a parameter changed."""
+        Winograd-domain weight and the bias for "winograd", the parameters in the step's dtype
+        otherwise; copies are re-made whenever a parameter changed."""
         if not self.has_copies():
             b = self.layer.bias
             return self.layer.weight.detach(), (None if b is None else b.detach())
@@ -116,11 +129,13 @@ class FastConv(nn.Module):
         return self.params()[0]
 
     def pack(self):
-        """Make the copies now (oneDNN's blocked weight, the converted weight and bias)."""
+        """Make the copies now (oneDNN's blocked or the Winograd weight, the converted weight and bias)."""
         c = self.layer
         dtype = self.dtype or c.weight.dtype
         if self.impl == "mkldnn":
             self._packed = onednn.pack_weight(c, self.dtype or torch.float32)
+        elif self.impl == "winograd":
+            self._packed = winograd.transform_weight(c)
         else:
             self._packed = c.weight.detach().to(dtype)
         self._bias = None if c.bias is None else c.bias.detach().to(dtype)

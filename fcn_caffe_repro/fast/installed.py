@@ -56,10 +56,13 @@ def buffer_stats(net):
 
 
 def release_buffers(net):
-    """Give the pooled output buffers back (the next forward maps fresh ones)."""
+    """Give the pooled output buffers and the Winograd workspace back (the next forward maps fresh ones)."""
     pool = _pool(net)
     if pool is not None:
         pool.release()
+    for s in inner_steps(net.plan):
+        if isinstance(s.module, FastConv) and s.module.workspace is not None:
+            s.module.workspace.release()
 
 
 def repack(net):

@@ -1,7 +1,7 @@
 """The fast-mode pass: optimize(net) rewrites the net's layer steps into fast steps and installs them."""
 import torch
 
-from . import onednn, precision
+from . import onednn, precision, winograd
 from .conv import IMPLS, FastConv, auto_impl
 from .lrn import FastLRN
 from .pool import BufferPool
@@ -22,10 +22,11 @@ def _check_choice(name, value, choices):
         raise NetError(f"optimize(): {name} must be one of {choices}, got {value!r}")
 
 
-def fast_steps(steps, conv, memory_format, train, pool, native=True):
+def fast_steps(steps, conv, memory_format, train, pool, native=True, workspace=None):
     """Each Convolution (with the in-place ReLU right after it) and each cross-channel LRN as a fast
     step; native False (bfloat16 on a CPU without it in oneDNN): conv="auto" takes F.conv2d where
-    it would take oneDNN."""
+    it would take oneDNN; workspace None (the bfloat16 plan, or NCHW activations): conv="auto"
+    takes no Winograd step, else they share it."""
     out, i = [], 0
     while i < len(steps):
         s = steps[i]
@@ -37,7 +38,7 @@ def fast_steps(steps, conv, memory_format, train, pool, native=True):
             out.append(s)
             i += 1
             continue
-        impl = auto_impl(s.module) if conv == "auto" else conv
+        impl = auto_impl(s.module, workspace is not None) if conv == "auto" else conv
         if conv == "auto" and impl == "mkldnn" and not native:
             impl = "torch"
         if impl == "gemm" and s.module.group != 1:
@@ -45,11 +46,13 @@ def fast_steps(steps, conv, memory_format, train, pool, native=True):
         nxt = steps[i + 1] if i + 1 < len(steps) else None
         if (nxt is not None and isinstance(nxt.module, L.ReLU) and len(s.top) == 1
                 and nxt.bottom == s.top and nxt.top == s.top):
-            module = FastConv(s.module, nxt.module.negative_slope, impl, memory_format, train, pool)
+            module = FastConv(s.module, nxt.module.negative_slope, impl, memory_format, train, pool,
+                              workspace=workspace)
             out.append(Step(f"{s.name}+{nxt.name}", s.bottom, s.top, module))
             i += 2
         else:
-            out.append(Step(s.name, s.bottom, s.top, FastConv(s.module, None, impl, memory_format, train, pool)))
+            out.append(Step(s.name, s.bottom, s.top, FastConv(s.module, None, impl, memory_format, train, pool,
+                                                              workspace=workspace)))
             i += 1
     return out
 
@@ -109,7 +112,9 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
     if skip is not None:
         steps = fused_plan(steps, skip)
     pool = BufferPool(buffers) if buffers else None
-    steps = fast_steps(steps, conv, memory_format, train, pool, native)
+    # Winograd steps (conv="auto", float32 channels_last plans) share one workspace
+    workspace = winograd.Workspace() if not bf16 and memory_format == "channels_last" else None
+    steps = fast_steps(steps, conv, memory_format, train, pool, native, workspace)
     if bf16:
         steps = bf16_steps(steps, set(net.outputs))
     packed = [s.module for s in steps if isinstance(s.module, FastConv) and s.module.impl == "mkldnn"]
