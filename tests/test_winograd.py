@@ -139,3 +139,15 @@ def test_released_workspace_is_made_again():
         first = net(data=x)["score"]
         fast.release_buffers(net)
         assert np.array_equal(net(data=x)["score"].numpy(), first.numpy())
+
+
+def test_the_benchmark_measures_every_3x3_layer_of_fcn8s():
+    from fcn_caffe_repro.bench import winograd as bench
+
+    rows = bench.measure(size=48, rounds=1, width_divisor=16)
+    assert [r["layer"] for r in rows] == [f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                                          for i in range(1, n + 1)]
+    assert all(r["onednn_s"] > 0 and r["winograd_s"] > 0 for r in rows)
+    assert all(r["winograd_err"] <= 1e-5 and r["onednn_err"] <= 1e-5 for r in rows)
+    assert {r["auto"] for r in rows} == {"mkldnn"}  # 32 channels at most at width / 16
+    assert "| conv5_3 | 32 → 32 |" in bench.markdown(rows)

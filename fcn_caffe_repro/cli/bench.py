@@ -5,12 +5,13 @@
     fcn bench convert               # reading a full-size caffemodel
     fcn bench train --iters 4       # a Caffe SGD iteration: the default path, its roofline, the previous path
     fcn bench prototxt --mb 50      # parsing a 50 MB prototxt: time and peak memory
+    fcn bench winograd              # the fast mode's Winograd layers against oneDNN, per layer
     fcn bench net --help            # each benchmark's own options
 """
 import importlib
 import sys
 
-BENCHMARKS = ("net", "fused", "convert", "train", "prototxt")
+BENCHMARKS = ("net", "fused", "convert", "train", "prototxt", "winograd")
 
 
 def main(argv=None, prog=None):

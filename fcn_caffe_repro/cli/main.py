@@ -15,7 +15,7 @@ COMMANDS = {
     "weights": "the release's weights by name: list, verify a file, fetch into the cache",
     "export": "export a net to ONNX or a torch.export program",
     "plot": "figures: predictions side by side, per-class IU bars",
-    "bench": "benchmarks: net, fused, convert, train",
+    "bench": "benchmarks: net, fused, convert, train, prototxt, winograd",
 }
 
 USAGE = "usage: fcn [-h] [--version] SUBCOMMAND [ARGS ...]"

@@ -4,8 +4,9 @@ A 2x2 output tile of a 3x3 convolution takes 16 products per channel pair in the
 instead of 36 (Lavin & Gray, 2016): the input tiles are transformed (csrc/cpu/winograd.cpp), 16
 matrix products (tiles x C) x (C x K) run at the GEMM rate (torch.bmm), and the output transform
 adds the bias and applies the ReLU. At 256 and more input channels this beats oneDNN's direct
-kernel on the AMD EPYC VM (VGG's conv4_2, 512 channels at 88 x 88, 2 threads: 105 against 165 ms);
-below it the transforms' memory traffic eats the gain, so conv.auto_impl takes it from 256 on.
+kernel (`fcn bench winograd` on the AMD EPYC VM, 2 threads: VGG's conv4_2, 512 channels at 88 x 88,
+112 against 161 ms); below it the transforms' memory traffic eats the gain, so conv.auto_impl
+takes it from 256 on.
 Its rounding differs from a direct sum's (the transforms add and subtract inputs and products
 first), within the fast mode's tolerances; an inf or NaN would spread over whole tiles, so a
 layer whose values are not all finite is computed directly (FastConv), as Caffe places them.
