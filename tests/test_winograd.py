@@ -151,3 +151,12 @@ def test_the_benchmark_measures_every_3x3_layer_of_fcn8s():
     assert all(r["winograd_err"] <= 1e-5 and r["onednn_err"] <= 1e-5 for r in rows)
     assert {r["auto"] for r in rows} == {"mkldnn"}  # 32 channels at most at width / 16
     assert "| conv5_3 | 32 → 32 |" in bench.markdown(rows)
+
+
+def test_a_workspace_made_under_inference_mode_is_not_written_outside_it():
+    net = fcr.build_net("voc-fcn32s", phase="deploy", width_divisor=2).optimize()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 50
+    with torch.inference_mode():
+        first = net(data=x)["score"].clone()
+    with torch.no_grad():
+        assert torch.equal(net(data=x)["score"], first)
