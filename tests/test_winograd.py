@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import fcn_caffe_repro as fcr
-from conftest import rel_err
+from conftest import CAFFE_REF, rel_err
 from fcn_caffe_repro import fast
+from fcn_caffe_repro.errors import NetError
 from fcn_caffe_repro.fast import winograd
 from test_fast import BLOB_TOL, NETS, assert_matches_caffe, load
 
@@ -160,3 +161,17 @@ def test_a_workspace_made_under_inference_mode_is_not_written_outside_it():
         first = net(data=x)["score"].clone()
     with torch.no_grad():
         assert torch.equal(net(data=x)["score"], first)
+
+
+def test_a_dtype_the_winograd_path_cannot_run_is_one_clear_error(every_3x3_layer):
+    prototxt = CAFFE_REF / "nets" / "voc-fcn32s" / "net.prototxt"
+    with pytest.raises(NetError, match="float32") as e:
+        fcr.CaffeNet.from_prototxt(prototxt).double().optimize()
+    assert e.value.layer == "conv1_1"
+    net, _, inputs = load("voc-fcn32s")
+    net.optimize()
+    assert dict(fast.describe(net))["conv1_1+relu1_1"] == "conv+relu/winograd"
+    net.double()  # after optimize: the next forward must refuse, not run a stale float32 copy
+    with torch.no_grad(), pytest.raises(NetError, match="Winograd path of this step runs float32") as e:
+        net(**{k: v.double() for k, v in inputs.items()})
+    assert e.value.layer == "conv1_1"

@@ -28,8 +28,8 @@ def auto_impl(conv, winograd_ok=True):
 class FastConv(nn.Module):
     """impl "mkldnn" (onednn.py, prepacked weight), "gemm" (gemm.py), "torch" (F.conv2d) or
     "winograd" (winograd.py, transformed weight; chosen by auto_impl only); the ReLU is oneDNN's
-    post-op, the Winograd output transform's, or an in-place op on the output. While autograd records, every impl
-    runs F.conv2d and the ReLU (path "autograd"), or raises with train="error".
+    post-op, the Winograd output transform's, or an in-place op on the output. While autograd
+    records, every impl runs F.conv2d and the ReLU (path "autograd"), or raises with train="error".
 
     dtype None: the input and parameters as they are (the float32 plan). A dtype (the bfloat16
     plan, precision.py): the input converted to it, the weight and bias converted once (re-converted
@@ -82,11 +82,12 @@ class FastConv(nn.Module):
             return (onednn.conv2d(c, self._layout(x), w, b, self.slope, self.pool,
                                   self.memory_format == "channels_last", pad),)
         if self.impl == "winograd":
+            winograd.check_input(c, x)
             u, b = self.params()
             y = winograd.conv2d(c, x, u, b, self.slope, pad, self.workspace)
             if y is None:  # an inf or NaN: computed directly, where Caffe's sums place them
-                y = self._relu(F.conv2d(self._layout(x), c.weight.detach(), None if c.bias is None else c.bias.detach(),
-                                        c.stride, pad, c.dilation, c.group))
+                bias = None if c.bias is None else c.bias.detach()
+                y = self._relu(F.conv2d(self._layout(x), c.weight.detach(), bias, c.stride, pad, c.dilation, c.group))
             return (y,)
         w, b = self.params()
         if self.impl == "gemm" and pad == c.pad:
@@ -111,7 +112,8 @@ class FastConv(nn.Module):
 
     def has_copies(self):
         """Whether the step computes with copies of the parameters (packed or converted), not them."""
-        return self.impl in ("mkldnn", "winograd") or (self.dtype is not None and self.dtype != self.layer.weight.dtype)
+        converted = self.dtype is not None and self.dtype != self.layer.weight.dtype
+        return self.impl in ("mkldnn", "winograd") or converted
 
     def params(self):
         """(weight, bias) in the step's form: oneDNN's blocked weight and the bias for "mkldnn", the

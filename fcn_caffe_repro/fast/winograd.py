@@ -33,6 +33,12 @@ def worth_it(conv):
     return applies(conv) and conv.channels >= MIN_CHANNELS
 
 
+def check_input(conv, x):
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise NetError(f"the Winograd path of this step runs float32 on the CPU, got {x.dtype} on {x.device}; "
+                       f"re-run optimize() with conv='mkldnn' or 'torch' for this dtype/device", layer=conv.layer_name)
+
+
 def transform_weight(conv):
     """The layer's weight in the Winograd domain, 16 x C x K float32 (G g G^T per channel pair)."""
     w = conv.weight.detach()
@@ -46,8 +52,8 @@ def transform_weight(conv):
 
 class Workspace:
     """The Winograd-domain input and products of one fast plan, reused by its steps (which run one
-    at a time): tens of MB each at VGG's conv3-conv5 sizes, where fresh memory would be faulted in
-    page by page on every forward."""
+    at a time, as a net's forwards do): tens of MB each at VGG's conv3-conv5 sizes, where fresh
+    memory would be faulted in page by page on every forward."""
 
     def __init__(self):
         self.flat = [None, None]
