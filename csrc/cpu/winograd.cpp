@@ -44,7 +44,7 @@ float tile_output_for(const float* const* p, const float* __restrict b, int64_t 
     const float c2 = m6[k] - m10[k] - m14[k], c3 = m7[k] - m11[k] - m15[k];
     const float y00 = a0 + a1 + a2 + b[k], y01 = a1 - a2 - a3 + b[k];  // (A^T M) A, + bias
     const float y10 = c0 + c1 + c2 + b[k], y11 = c1 - c2 - c3 + b[k];
-    check += (y00 + y01 + y10 + y11) * 0.0f;
+    check += y00 * 0.0f + y01 * 0.0f + y10 * 0.0f + y11 * 0.0f;  // each alone: two large finite values are no inf
     q00[k] = activate(y00, Act, slope);
     q01[k] = activate(y01, Act, slope);
     q10[k] = activate(y10, Act, slope);
@@ -99,8 +99,8 @@ at::Tensor winograd_input_cpu(const at::Tensor& input, at::IntArrayRef pad, cons
             d[i][j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? src + ((n * H + y) * W + xx) * C : zeros.data();
           }
         const int64_t t = r * TW + tx;
-        float* out[16];
-        for (int k = 0; k < 16; ++k) out[k] = dst + (k * T + t) * C;
+        float* v_row[16];  // the tile's row of each of the 16 products' inputs
+        for (int k = 0; k < 16; ++k) v_row[k] = dst + (k * T + t) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           float b[4][4];  // B^T d: rows combined
@@ -111,10 +111,10 @@ at::Tensor winograd_input_cpu(const at::Tensor& input, at::IntArrayRef pad, cons
             b[3][j] = d[1][j][c] - d[3][j][c];
           }
           for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns combined
-            out[4 * i + 0][c] = b[i][0] - b[i][2];
-            out[4 * i + 1][c] = b[i][1] + b[i][2];
-            out[4 * i + 2][c] = b[i][2] - b[i][1];
-            out[4 * i + 3][c] = b[i][1] - b[i][3];
+            v_row[4 * i + 0][c] = b[i][0] - b[i][2];
+            v_row[4 * i + 1][c] = b[i][1] + b[i][2];
+            v_row[4 * i + 2][c] = b[i][2] - b[i][1];
+            v_row[4 * i + 3][c] = b[i][1] - b[i][3];
           }
         }
       }
