@@ -227,23 +227,23 @@ def spawn(cfg):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine():
-    name = platform.processor() or platform.machine()
+def _cpuinfo(field):
+    """The first value of `field` in Linux's /proc/cpuinfo, or None where there is none."""
     try:
         with open("/proc/cpuinfo") as fh:
-            name = next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            return next((l.split(":", 1)[1].strip() for l in fh if l.startswith(field)), None)
+    except OSError:
+        return None
+
+
+def machine():
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{name}, {os.cpu_count()} logical CPUs"
 
 
 def has_amx():
-    """Whether this CPU has AMX for bfloat16 (Linux's /proc/cpuinfo flag amx_bf16); False where unknown."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(l.startswith("flags") and "amx_bf16" in l.split() for l in fh)
-    except OSError:
-        return False
+    """Whether this CPU has AMX for bfloat16 (the cpuinfo flag amx_bf16); False where unknown."""
+    return "amx_bf16" in (_cpuinfo("flags") or "").split()
 
 
 def _mb(b):

@@ -87,12 +87,17 @@ class FastConv(nn.Module):
             y = winograd.conv2d(c, x, u, b, self.slope, pad, self.workspace)
             if y is None:  # an inf or NaN: computed directly, where Caffe's sums place them
                 bias = None if c.bias is None else c.bias.detach()
-                y = self._relu(F.conv2d(self._layout(x), c.weight.detach(), bias, c.stride, pad, c.dilation, c.group))
+                y = self._direct(x, c.weight.detach(), bias, pad)
             return (y,)
         w, b = self.params()
         if self.impl == "gemm" and pad == c.pad:
             return (self._relu(gemm.conv2d(c, x, w, b)),)
-        return (self._relu(F.conv2d(self._layout(x), w, b, c.stride, pad, c.dilation, c.group)),)
+        return (self._direct(x, w, b, pad),)
+
+    def _direct(self, x, w, b, pad):
+        """F.conv2d in the step's layout, then its activation."""
+        c = self.layer
+        return self._relu(F.conv2d(self._layout(x), w, b, c.stride, pad, c.dilation, c.group))
 
     def _layout(self, x):
         fmt = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format

@@ -46,6 +46,11 @@ def _pool(net):
                 None)
 
 
+def _workspace(net):
+    return next((s.module.workspace for s in inner_steps(net.plan)
+                 if isinstance(s.module, FastConv) and s.module.workspace), None)
+
+
 def buffer_stats(net):
     """{"buffers": [bytes of each pooled buffer], "reused": n, "fresh": n} of the fast plan's pool."""
     pool = _pool(net)
@@ -57,12 +62,9 @@ def buffer_stats(net):
 
 def release_buffers(net):
     """Give the pooled output buffers and the Winograd workspace back (the next forward maps fresh ones)."""
-    pool = _pool(net)
-    if pool is not None:
-        pool.release()
-    for s in inner_steps(net.plan):
-        if isinstance(s.module, FastConv) and s.module.workspace is not None:
-            s.module.workspace.release()
+    for shared in (_pool(net), _workspace(net)):
+        if shared is not None:
+            shared.release()
 
 
 def repack(net):

@@ -80,8 +80,8 @@ def conv2d(conv, x, u, bias, slope, pad, workspace=None):
     k = u.shape[2]
     v_out = workspace.take(0, 16 * tiles * c) if workspace is not None else None
     v = torch.ops.fcn_caffe_repro.winograd_input(x, list(pad), v_out)
-    m = workspace.take(1, 16 * tiles * k).view(16, tiles, k) if workspace is not None else None
-    m = torch.bmm(v.view(16, tiles, c), u, out=m) if m is not None else torch.bmm(v.view(16, tiles, c), u)
+    m_out = workspace.take(1, 16 * tiles * k).view(16, tiles, k) if workspace is not None else None
+    m = torch.bmm(v.view(16, tiles, c), u, out=m_out)
     activation = 0 if slope is None else (1 if slope == 0 else 2)
     y, finite = torch.ops.fcn_caffe_repro.winograd_output(m, bias, [n, oh, ow], activation, float(slope or 0.0))
     return y if finite else None
