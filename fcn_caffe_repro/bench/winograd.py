@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .common import write_json
 from .net import machine
 from .. import nets
+from ..border import inner_steps
 from ..fast import FastConv, onednn, winograd
 from ..fast.conv import auto_impl
 
@@ -27,19 +28,20 @@ def _layers(size, width_divisor):
     """[(step name, conv layer, input shape, pad)] of FCN-8s's 3x3 stride-1 steps in the fast plan."""
     net = nets.build_net("voc-fcn8s", phase="deploy", width_divisor=width_divisor).eval().optimize()
     seen = {}
-    real = FastConv.forward
 
-    def spy(self, x, pad=None):
-        if winograd.applies(self.layer) and self.layer.layer_name not in seen:
-            seen[self.layer.layer_name] = (self.layer, tuple(x.shape), self.layer.pad if pad is None else tuple(pad))
-        return real(self, x, pad)
+    def record(step, args, kwargs):
+        layer, x = step.layer, args[0]
+        pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
+        seen.setdefault(layer.layer_name, (layer, tuple(x.shape), layer.pad if pad is None else tuple(pad)))
 
-    FastConv.forward = spy
+    hooks = [s.module.register_forward_pre_hook(record, with_kwargs=True) for s in inner_steps(net.plan)
+             if isinstance(s.module, FastConv) and winograd.applies(s.module.layer)]
     try:
         with torch.no_grad():
             net(data=torch.zeros(1, 3, size, size))
     finally:
-        FastConv.forward = real
+        for h in hooks:
+            h.remove()
     return [(name, *v) for name, v in seen.items()]
 
 
