@@ -70,7 +70,7 @@ def test_eval_tool_end_to_end(tmp_path, voc8, capsys):
     root = make_voc(tmp_path / "VOC")
     out, preds_dir = tmp_path / "out", tmp_path / "preds"
     rc = tool("eval").main(VOC8 + ["--dataset", "voc", "--root", str(root), "--split", "mini", "--out", str(out),
-                                   "--save-dir", str(preds_dir), "--quiet"])
+                                   "--save-dir", str(preds_dir), "--quiet", "--mode", "plain"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     ds = fcr.data.VOC(root, split="mini")
@@ -187,7 +187,7 @@ def test_infer_tool_writes_palette_pngs_and_overlays(tmp_path, voc8):
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
     out = tmp_path / "seg"
-    assert tool("infer").main(VOC8 + [str(folder), "--out-dir", str(out), "--device", "cpu"]) == 0
+    assert tool("infer").main(VOC8 + [str(folder), "--out-dir", str(out), "--device", "cpu", "--mode", "plain"]) == 0
     for name, (h, w) in sizes.items():
         im = Image.open(out / f"{name}.png")
         assert im.mode == "P" and im.size == (w, h)
@@ -200,6 +200,62 @@ def test_infer_tool_writes_palette_pngs_and_overlays(tmp_path, voc8):
         assert set(np.unique(got)) <= set(range(5)) and len(np.unique(got)) >= 2
         ov = Image.open(out / f"{name}_overlay.png")
         assert ov.mode == "RGB" and ov.width > w and ov.height >= h  # the legend sits to the right
+
+
+def _spy_on_modes(monkeypatch, module):
+    """The modes a command module prepares its net in, as it calls fast.for_inference."""
+    seen = []
+
+    def spy(net, mode):
+        seen.append(mode)
+        return fcr.fast.for_inference(net, mode)
+
+    monkeypatch.setattr(module, "for_inference", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["fast", "bf16"])
+def test_eval_scores_in_the_mode_asked_for(mode, tmp_path, monkeypatch, capsys):
+    from fcn_caffe_repro.cli import eval as eval_cli
+
+    root = make_voc(tmp_path / "VOC")
+    seen = _spy_on_modes(monkeypatch, eval_cli)
+    out = tmp_path / "out"
+    base = VOC8 + ["--dataset", "voc", "--root", str(root), "--split", "mini", "--out", str(out), "--quiet",
+                   "--workers", "0"]
+    assert eval_cli.main(base + ([] if mode == "fast" else ["--mode", mode])) == 0  # fast: the default
+    assert seen == [mode]
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["mode"] == mode
+    net = fcr.build_net("voc-fcn8s", phase="deploy", num_classes=5, width_divisor=16,
+                        weights=NETS / "voc-fcn8s" / "weights.caffemodel")
+    fcr.fast.for_inference(net, mode)
+    ds = fcr.data.VOC(root, split="mini")
+    hist = sum(metrics.fast_hist(ds[i][1], p, 5) for i, p in enumerate(reference_preds(net, ds)))
+    assert results["tasks"]["label"]["confusion"] == hist.tolist()
+    assert f"mode {mode}" in capsys.readouterr().out
+    # resuming in another mode is refused: the saved images were scored by another plan
+    assert eval_cli.main(base + ["--mode", "plain", "--resume"]) == 1
+    assert "differs in ['mode']" in capsys.readouterr().err
+
+
+def test_infer_segments_in_bfloat16(tmp_path, monkeypatch):
+    from fcn_caffe_repro.cli import infer as infer_cli
+
+    rng = np.random.default_rng(10)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(photo)
+    seen = _spy_on_modes(monkeypatch, infer_cli)
+    out = tmp_path / "seg"
+    assert infer_cli.main(VOC8 + [str(photo), "--out-dir", str(out), "--device", "cpu", "--mode", "bf16"]) == 0
+    assert seen == ["bf16"]
+    net = fcr.build_net("voc-fcn8s", phase="deploy", num_classes=5, width_divisor=16,
+                        weights=NETS / "voc-fcn8s" / "weights.caffemodel")
+    fcr.fast.for_inference(net, "bf16")
+    x = fcr.data.caffe_input(np.array(Image.open(photo)), fcr.data.voc.VOC_MEAN)
+    with torch.no_grad():
+        want = net(data=x[None])["score"][0].argmax(0).numpy()
+    np.testing.assert_array_equal(np.array(Image.open(out / "photo.png")), want)
 
 
 def test_infer_rejects_nets_without_a_colour_input():
@@ -290,3 +346,19 @@ def test_class_map_is_numpys_argmax_with_ties_infinities_and_nan(seed):
     want = np.argmax(scores.numpy(), 0)
     assert np.array_equal(evaluate.class_map(scores).numpy(), want)
     assert np.array_equal(evaluate.class_map(scores[None].contiguous(memory_format=torch.channels_last)[0]).numpy(), want)
+
+
+def test_reproduce_scores_original_weights_in_the_mode_asked_for(tmp_path, monkeypatch, capsys):
+    from fcn_caffe_repro.cli import reproduce as reproduce_cli
+
+    root = make_voc(tmp_path / "VOC", split="seg11valid")
+    seen = _spy_on_modes(monkeypatch, reproduce_cli)
+    # the release's nets are full width; the fixture's weights are width/16 with 5 classes
+    monkeypatch.setattr(reproduce_cli, "build_net", lambda name, **kw: fcr.build_net(
+        name, num_classes=5, width_divisor=16, **kw))
+    weights = NETS / "voc-fcn8s" / "weights.caffemodel"
+    argv = ["--dataset", "voc", "--root", str(root), "--weights", f"voc-fcn8s={weights}", "--limit", "2"]
+    assert reproduce_cli.main(argv) == 0 and reproduce_cli.main(argv + ["--mode", "bf16"]) == 0
+    assert seen == ["fast", "bf16"]
+    tables = [line for line in capsys.readouterr().out.splitlines() if "(ours)" in line]
+    assert len(tables) == 2 and all("this run (2 images)" in line for line in tables)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CAFFE_REF, rel_err
+from conftest import CAFFE_REF, needs_cuda, rel_err
 import fcn_caffe_repro as fcr
 from fcn_caffe_repro import border, fast, ops, torch_private
 from fcn_caffe_repro.errors import NetError
@@ -394,3 +394,28 @@ def test_bfloat16_on_every_path(name, kw):
     assert_bf16_scores_close(want, got, name)
     ran = {p for c in fast.calls(net).values() for p in c}
     assert ran - {"nhwc-sum"} == {kw.get("conv", "mkldnn")}
+
+
+def test_for_inference_prepares_each_mode_by_name():
+    net, ref, inputs = load("voc-fcn8s")
+    dtypes = lambda: {d for _, _, d in fast.describe(net, dtypes=True)}  # noqa: E731
+    fast.for_inference(net, "bf16")
+    assert "bfloat16" in dtypes()
+    fast.for_inference(net, "fast")
+    assert dtypes() == {"as given"} and any(p.startswith("conv+relu/") for _, p in fast.describe(net))
+    with torch.no_grad():
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))
+    fast.for_inference(net, "plain")
+    assert all(p.startswith("layer/") for _, p in fast.describe(net)) and fast.calls(net) == {}
+    with pytest.raises(NetError, match=r"mode must be one of \('fast', 'bf16', 'plain'\), got 'fp16'"):
+        fast.for_inference(net, "fp16")
+
+
+@needs_cuda
+def test_for_inference_on_cuda_runs_cudnn_and_refuses_bfloat16():
+    net, _, _ = load("voc-fcn8s")
+    net.cuda()
+    fast.for_inference(net, "fast")
+    assert {p.split("/")[1] for _, p in fast.describe(net) if p.startswith("conv")} == {"torch"}  # cuDNN
+    with pytest.raises(NetError, match="CPU bfloat16 path"):
+        fast.for_inference(net, "bf16")

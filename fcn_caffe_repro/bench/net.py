@@ -6,7 +6,7 @@ fused skip op runs depthwise), batch, pass (forward under no_grad; forward+backw
 net's loss) and path, one fresh subprocess builds the net, runs it `--warmup` times, then
 `--repeats` (forward) or `--train-repeats` (forward+backward) timed times. Paths:
   plain     the CaffeNet as built
-  fast      net.optimize(): float32
+  fast      net.optimize(): float32 (fast.for_inference, as `fcn eval` and `fcn infer` run by default)
   bf16      net.optimize(dtype=torch.bfloat16): bfloat16 activations, float32 scores (forward only)
   opencv    cv2.dnn.readNetFromCaffe on our prototxt and our writer's .caffemodel of the same net
             (written to a temporary folder, deleted once read), cv2.setNumThreads(--threads);
@@ -52,6 +52,7 @@ import torch
 
 from . import opencv
 from .. import torch_private
+from ..fast import for_inference
 from .common import ieee_float32_on_cuda, reset_peak, status_bytes, write_json
 
 NETS = ("voc-fcn32s", "voc-fcn16s", "voc-fcn8s", "voc-fcn-alexnet")
@@ -107,10 +108,8 @@ def runner(path, net, device, threads):
     if path == "opencv":
         cv = opencv.OpenCVNet(net, threads or torch.get_num_threads())
         return (lambda inputs: cv.run({k: v.numpy() for k, v in inputs.items()})), cv
-    if path == "fast":
-        net.optimize(**({"conv": "torch"} if device == "cuda" else {}))
-    elif path == "bf16":
-        net.optimize(dtype=torch.bfloat16)
+    if path != "plain":
+        for_inference(net, path)
 
     def forward(inputs):
         with torch.no_grad():

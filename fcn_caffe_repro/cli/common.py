@@ -49,6 +49,18 @@ def run_main(build_parser, run, argv=None, prog=None):
         return 1
 
 
+MODE_HELP = ("how the net runs: fast (default: the fast inference mode in float32, scores equal the plain "
+             "path's to float32 rounding), bf16 (bfloat16 activations and weights, CPU only: faster where oneDNN "
+             "has bfloat16 (AVX512-BF16, AMX), its accuracy cost in the README), plain (layer by layer, as built)")
+
+
+def add_mode(p, where=""):
+    """--mode: the plan the net scores images with (fast.for_inference); `where`: when it applies."""
+    from ..fast import MODES  # here: `fcn upgrade` imports this module and never torch
+
+    p.add_argument("--mode", choices=MODES, default="fast", help=MODE_HELP + where)
+
+
 def weights_path(text):
     """A --weights value: an existing file, or a release file's name (fcn weights list) resolved
     through the download cache."""

@@ -18,8 +18,9 @@ from .. import evaluate, paper
 from ..atomic import write_json
 from ..data import DATASETS
 from ..data.release import PAPER_KEYS
+from ..fast import for_inference
 from ..nets import build_net
-from .common import class_count, ensure_dir, parser, run_main, weights_path
+from .common import add_mode, class_count, ensure_dir, parser, run_main, weights_path
 
 
 def build_parser(prog=None):
@@ -37,6 +38,7 @@ def build_parser(prog=None):
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_mode(p)
     p.add_argument("--workers", type=int, default=1, help="data-loading processes (0: load in the loop)")
     p.add_argument("--out", type=Path, help="results directory (default: eval/NET-DATASET-SPLIT)")
     p.add_argument("--save-dir", type=Path, help="write palette PNG predictions here")
@@ -59,11 +61,12 @@ def run(args):
     ensure_dir(out)
     args.num_classes = class_count(args, dataset)
     net = build_net(args.net, phase="deploy", num_classes=args.num_classes,
-                        width_divisor=args.width_divisor, weights=args.weights).to(args.device)
+                    width_divisor=args.width_divisor, weights=args.weights).to(args.device)
+    for_inference(net, args.mode)
     settings = {"net": args.net, "weights": str(args.weights.resolve()) if args.weights else None,
                 "dataset": args.dataset, "root": str(args.root.resolve()) if args.root else None, "split": split,
                 "num_images": len(dataset), "num_classes": args.num_classes, "width_divisor": args.width_divisor,
-                "data_options": options, "save_dir": str(args.save_dir) if args.save_dir else None}
+                "data_options": options, "mode": args.mode, "save_dir": str(args.save_dir) if args.save_dir else None}
     if not args.resume and (out / "state.json").exists():
         (out / "state.json").unlink()
     results = evaluate.evaluate(net, dataset, net_name=args.net, device=args.device, save_dir=args.save_dir,
@@ -76,7 +79,7 @@ def run(args):
     t = results["time"]
     print(table)
     print(f"\n{results['num_images']} images, {t['per_image_s'] * 1e3:.1f} ms per image "
-          f"({t['forward_per_image_s'] * 1e3:.1f} ms forward); results in {out / 'results.json'}")
+          f"({t['forward_per_image_s'] * 1e3:.1f} ms forward, mode {args.mode}); results in {out / 'results.json'}")
     return 0
 
 

@@ -17,9 +17,10 @@ import torch
 
 from .. import evaluate
 from ..data.folder import parse_mean, read_classes
+from ..fast import for_inference
 from ..infer import check_outputs, segment_files
 from ..nets import build_net
-from .common import ensure_dir, parser, run_main, weights_path
+from .common import add_mode, ensure_dir, parser, run_main, weights_path
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -51,6 +52,7 @@ def build_parser(prog=None):
     p.add_argument("--mean", help="the BGR mean the net was trained with, B,G,R (default: the net's dataset's)")
     p.add_argument("--width-divisor", type=int, default=1, help="shrink every base-net width (tests)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_mode(p)
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay")
     return p
 
@@ -69,6 +71,7 @@ def run(args):
         print("warning: no --weights, the net has random weights", file=sys.stderr)
     net = build_net(args.net, phase="deploy", num_classes=args.num_classes, width_divisor=args.width_divisor,
                     weights=args.weights).to(args.device).eval()
+    for_inference(net, args.mode)
     written, skipped = segment_files(net, images, args.out_dir, mean, classes, score, args.alpha, args.device)
     print(f"wrote {len(written)} files to {args.out_dir}")
     if skipped:

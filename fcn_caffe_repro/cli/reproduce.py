@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from .. import evaluate, reproduce
+from ..fast import for_inference
 from ..nets import build_net, net_spec
-from .common import UsageError, ensure_dir, parser, run_main, weights_path
+from .common import UsageError, add_mode, ensure_dir, parser, run_main, weights_path
 
 
 def weights_arg(text):
@@ -38,7 +39,7 @@ def original_weights(args):
         dataset = evaluate.make_dataset("voc", args.root, args.split, net_name)
         if args.limit:
             dataset.ids = dataset.ids[:args.limit]
-        net = build_net(net_name, phase="deploy", weights=path).to(args.device).eval().fuse()
+        net = for_inference(build_net(net_name, phase="deploy", weights=path).to(args.device).eval(), args.mode)
         results = evaluate.evaluate(net, dataset, net_name=net_name, device=args.device)
         print(evaluate.markdown_table(results, net_name, "voc", args.split) + "\n")
     return 0
@@ -52,6 +53,7 @@ def build_parser(prog=None):
     p.add_argument("--weights", type=weights_arg, action="append", default=[], metavar="NET=WEIGHTS")
     p.add_argument("--limit", type=int, help="score only the first N images (voc)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_mode(p, " (with --dataset voc)")
     p.add_argument("--out", type=Path, default=Path("out/reproduce"))
     p.add_argument("--seed", type=int, default=reproduce.Config.seed, help="the world's and the runs' seed")
     p.add_argument("--threads", type=int, default=0, help="the cores the runs share, one thread each (default: "

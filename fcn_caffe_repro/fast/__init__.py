@@ -2,6 +2,7 @@
 
     net.optimize()                    # in place, returns the net; fast.optimize(net) is the same
     net.optimize(dtype=torch.bfloat16)  # bfloat16 activations, float32 scores, inference only
+    fast.for_inference(net, "bf16")   # by name, "fast" / "bf16" / "plain" (fcn eval/infer --mode)
     with torch.no_grad():
         scores = net(data=image)
     fast.describe(net)                # every step and the path it takes; fast.calls(net) counts them
@@ -51,8 +52,8 @@ from .installed import buffer_stats, calls, describe, release_buffers, repack, s
 from .lrn import FastLRN
 from .pool import BufferPool
 from .precision import DTYPES
-from .rewrite import CONV_IMPLS, MEMORY_FORMATS, SKIP_IMPLS, TRAIN_MODES, optimize
+from .rewrite import CONV_IMPLS, MEMORY_FORMATS, MODES, SKIP_IMPLS, TRAIN_MODES, for_inference, optimize
 
-__all__ = ["optimize", "describe", "calls", "step_path", "step_dtype", "buffer_stats", "release_buffers", "repack",
+__all__ = ["optimize", "for_inference", "MODES", "describe", "calls", "step_path", "step_dtype", "buffer_stats", "release_buffers", "repack",
            "BufferPool", "FastConv", "FastLRN", "auto_impl", "CONV_IMPLS", "SKIP_IMPLS", "MEMORY_FORMATS",
            "TRAIN_MODES", "DTYPES"]

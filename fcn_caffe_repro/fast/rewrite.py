@@ -15,6 +15,7 @@ CONV_IMPLS = ("auto",) + IMPLS
 SKIP_IMPLS = ("ext", "torch", None)
 MEMORY_FORMATS = ("channels_last", "contiguous")
 TRAIN_MODES = ("autograd", "error")
+MODES = ("fast", "bf16", "plain")
 
 
 def _check_choice(name, value, choices):
@@ -130,3 +131,19 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
         module.pack()
     net.set_plan(border.trunk_plan(steps, keep=net.outputs))
     return net
+
+
+def for_inference(net, mode="fast"):
+    """`net` set up to score images in `mode` (in place, returned): "fast" the float32 fast plan
+    (conv="torch" on CUDA, where oneDNN does not run), "bf16" the bfloat16 plan (a CPU path),
+    "plain" the layer-by-layer plan. The fcn command's --mode and the benchmark's paths."""
+    if mode not in MODES:
+        raise NetError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "plain":
+        return optimize(net, enabled=False)
+    on_cuda = any(p.is_cuda for p in net.parameters())
+    if mode == "bf16":
+        if on_cuda:
+            raise NetError("mode 'bf16' is the CPU bfloat16 path (oneDNN); on CUDA use mode 'fast'")
+        return optimize(net, dtype=torch.bfloat16)
+    return optimize(net, conv="torch") if on_cuda else optimize(net)
