@@ -89,6 +89,10 @@ def test_fcn_train_eval_infer_on_a_folder(root, tmp_path, capsys):
                      "--split", "val", "--out", str(tmp_path / "eval"), "--quiet", "--workers", "0"]) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert next(iter(results["tasks"].values()))["classes"] == CLASSES
+    # training's validation and fcn eval: one scorer, one mode (fast), the same weights, the same scores
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val = next(r for r in reversed(logged) if r.get("event") == "val" and r["iter"] == 2)["results"]
+    assert val == {label: task["metrics"] for label, task in results["tasks"].items()}
     assert fcn.main(["infer", *tiny, "--weights", str(snapshot), "--classes", str(root / "classes.txt"),
                      str(root / "images"), "--out-dir", str(tmp_path / "seg")]) == 0
     assert len(list((tmp_path / "seg").glob("*_overlay.png"))) == 3

@@ -20,6 +20,7 @@ import torch
 from .. import distributed, evaluate
 from ..data import DATASETS
 from ..data.release import SEED
+from ..fast import for_inference
 from ..nets import build_net, data_layer_params
 from ..surgery import staged_init
 from ..training import Trainer, make_solver
@@ -85,7 +86,8 @@ def run(args):
         name, _, split = args.val.partition(":")
         val = evaluate.make_dataset(name, args.val_root or args.root, split or None, args.net,
                                     **dict(args.val_opt))
-        val_net = build_net(args.net, "deploy", args.num_classes, args.width_divisor).to(device)
+        # scored in the fast mode, as the main job's and fcn eval's validation nets are
+        val_net = for_inference(build_net(args.net, "deploy", args.num_classes, args.width_divisor).to(device))
     out = args.out or Path("runs") / (args.net or args.solver.parent.name)
     trainer = Trainer(solver, train, out, seed=args.seed if args.seed is not None else data_seed(args.net),
                       val=val, val_net=val_net, val_every=args.val_every, val_limit=args.val_limit,
