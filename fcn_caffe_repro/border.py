@@ -47,22 +47,27 @@ class _Signatures:
     def __call__(self, key):
         return self._ids.setdefault(key, len(self._ids))
 
+    def of(self, kind, windows):
+        """The signature of (kind, window) for each window (a tuple of row signatures), in order."""
+        ids = self._ids
+        return [ids.setdefault((kind, w), len(ids)) for w in windows]
+
 
 def _conv_rows(rows, pad, kernel, stride, dilation, sig):
     padded = [_PAD] * pad + list(rows) + [_PAD] * pad
     extent = dilation * (kernel - 1) + 1
     count = (len(padded) - extent) // stride + 1
-    return [sig(("conv", tuple(padded[i * stride + k * dilation] for k in range(kernel)))) for i in range(count)]
+    if count <= 0:
+        return []
+    end = (count - 1) * stride + 1
+    return sig.of("conv", zip(*(padded[k * dilation:k * dilation + end:stride] for k in range(kernel))))
 
 
 def _pool_rows(rows, pad, kernel, stride, sig):
-    n = len(rows)
-    out = []
-    for o in range(L.caffe_pool_size(n, kernel, stride, pad)):
-        start = o * stride - pad
-        end = min(start + kernel, n + pad)
-        out.append(sig(("pool", tuple(rows[j] if 0 <= j < n else _PAD for j in range(start, end)))))
-    return out
+    """Caffe's pooling windows: the last may run past the padding and is clipped to it."""
+    padded = [_PAD] * pad + list(rows) + [_PAD] * pad
+    count = L.caffe_pool_size(len(rows), kernel, stride, pad)
+    return sig.of("pool", (tuple(padded[i:i + kernel]) for i in range(0, count * stride, stride)))
 
 
 def _apply(window, rows, pad, sig):
@@ -213,41 +218,49 @@ class Trunk(nn.Module):
         self.outputs = list(outputs)
         self._frees = [frees for _, frees in with_frees(steps, set(outputs))]
         self._convs = [_convolution(s.module) for s in steps]
+        self._layers = [_layer_of(s) for s in steps]
         self.inner_tops = frozenset(t for s in steps for t in s.top) - set(self.outputs)  # written, not returned
-        self._plans = {}
+        self._plans, self._axis_plans = {}, {}
 
     def plan(self, size):
         """For an input of `size` (rows, columns): per step, None or (the gather of its bottom's
         short map as (row, column) indices or None, its padding on the short map); per output,
         the gather that widens it back (or None)."""
         if size not in self._plans:
-            layers = [_layer_of(step) for step in self.steps]
-            ops = [[None, None] for _ in self.steps]
-            ends = {b: [None, None] for b in self.outputs}
-            for axis in (0, 1):
-                sig = _Signatures()
-                start = [sig(("in", i)) for i in range(size[axis])]
-                windowed = iter(_plan_axis([_windows(layer, axis) for layer in layers if layer != "relu"],
-                                           start, sig))
-                short = {self.steps[0].bottom[0]: start}
-                full = {self.steps[0].bottom[0]: start}
-                for i, (step, layer) in enumerate(zip(self.steps, layers)):
-                    b = step.bottom[0]
-                    if layer == "relu":
-                        short[step.top[0]], full[step.top[0]] = short[b], full[b]
-                        continue
-                    op, top_short, top_full = next(windowed)
-                    ops[i][axis] = (op, len(short[b]))
-                    if isinstance(step.module, ReLUMaxPool):
-                        # the ReLU's top in the pooling's input layout
-                        relu_rows = [short[b][k] for k in op.gather] if op.gather is not None else short[b]
-                        short[step.top[0]], full[step.top[0]] = relu_rows, full[b]
-                    short[step.top[-1]], full[step.top[-1]] = top_short, top_full
-                for blob in self.outputs:
-                    ends[blob][axis] = (_AxisOp(_gather(short[blob], full[blob]), 0), len(short[blob]))
-            steps = [None if rows is None else (_gathers(rows, cols), (rows[0].pad, cols[0].pad)) for rows, cols in ops]
-            self._plans[size] = (steps, {b: _gathers(*ends[b]) for b in self.outputs})
+            (rows, row_ends), (cols, col_ends) = (self._axis_plan(axis, size[axis]) for axis in (0, 1))
+            steps = [None if r is None else (_gathers(r, c), (r[0].pad, c[0].pad)) for r, c in zip(rows, cols)]
+            self._plans[size] = (steps, {b: _gathers(row_ends[b], col_ends[b]) for b in self.outputs})
         return self._plans[size]
+
+    def _axis_plan(self, axis, n):
+        """One axis of plan() for `n` rows (or columns): per step, None (a ReLU) or (its _AxisOp,
+        the length of its bottom's short map); per output, (the _AxisOp that widens it, its short
+        length). Axes are planned apart, so a length met before on an axis with the same windows (both,
+        for square kernels) is planned once."""
+        windows = tuple(_windows(layer, axis) for layer in self._layers if layer != "relu")
+        if (windows, n) not in self._axis_plans:
+            sig = _Signatures()
+            start = [sig(("in", i)) for i in range(n)]
+            windowed = iter(_plan_axis(windows, start, sig))
+            short = {self.steps[0].bottom[0]: start}
+            full = {self.steps[0].bottom[0]: start}
+            ops = []
+            for step, layer in zip(self.steps, self._layers):
+                b = step.bottom[0]
+                if layer == "relu":
+                    short[step.top[0]], full[step.top[0]] = short[b], full[b]
+                    ops.append(None)
+                    continue
+                op, top_short, top_full = next(windowed)
+                ops.append((op, len(short[b])))
+                if isinstance(step.module, ReLUMaxPool):
+                    # the ReLU's top in the pooling's input layout
+                    relu_rows = [short[b][k] for k in op.gather] if op.gather is not None else short[b]
+                    short[step.top[0]], full[step.top[0]] = relu_rows, full[b]
+                short[step.top[-1]], full[step.top[-1]] = top_short, top_full
+            ends = {blob: (_AxisOp(_gather(short[blob], full[blob]), 0), len(short[blob])) for blob in self.outputs}
+            self._axis_plans[(windows, n)] = (ops, ends)
+        return self._axis_plans[(windows, n)]
 
     def forward(self, x):
         ops, ends = self.plan(tuple(x.shape[2:]))

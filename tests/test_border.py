@@ -199,3 +199,32 @@ def test_the_solver_steps_on_the_short_maps():
     hook.remove()
     if ops.extension_available():
         assert len(seen) == 1 and seen[0][0] < 72 + 30 and seen[0][1] < 88 + 30, seen
+
+
+def test_a_length_is_planned_once_for_both_axes(monkeypatch):
+    """Rows and columns are planned apart and FCN's windows are square: an image turned on its side
+    (VOC's portrait and landscape 500 x 375) reuses both axes' plans, and the plan is the same."""
+    def trunk_of(net):
+        return next(s.module for s in net.optimize().plan if isinstance(s.module, border.Trunk))
+
+    trunk, fresh = (trunk_of(fcr.build_net("voc-fcn8s", phase="deploy", num_classes=5, width_divisor=16))
+                    for _ in range(2))
+    planned = []
+    real = border._plan_axis
+    monkeypatch.setattr(border, "_plan_axis", lambda *a: planned.append(len(a[1])) or real(*a))
+    trunk.plan((72, 88))
+    trunk.plan((88, 72))
+    trunk.plan((88, 100))
+    assert planned == [72, 88, 100]
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            return torch.equal(a, b)
+        if isinstance(a, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return a == b
+
+    assert same(trunk.plan((88, 72)), fresh.plan((88, 72)))
+    assert not same(fresh.plan((88, 72)), fresh.plan((72, 88)))
