@@ -21,7 +21,7 @@ try:
 except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
-__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem",
+__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem", "extension_runs_on",
            "max_pool", "max_pool_applies", "relu_max_pool", "small_conv", "small_conv_applies"]
 
 _BUILD_HINT = ("build it from the repository root with "
@@ -36,6 +36,26 @@ def extension_available() -> bool:
 def extension_problem() -> str:
     """Why the extension is unavailable and how to build it, for an error message."""
     return f"the C++ extension fcn_caffe_repro._C is not built ({_IMPORT_ERROR}); {_BUILD_HINT}"
+
+
+_RUNS_ON = {}
+
+
+def extension_runs_on(device) -> bool:
+    """Whether the extension's fused op has kernels for `device`'s type. The CUDA kernels are built
+    only where torch saw CUDA at build time (or FORCE_CUDA=1), so a CPU-built extension on a GPU
+    machine has none: told by one tiny call per device type."""
+    if not extension_available():
+        return False
+    kind = torch.device(device).type
+    if kind not in _RUNS_ON:
+        x = torch.zeros(1, 1, 1, 1, device=device)
+        try:
+            torch.ops.fcn_caffe_repro.deconv_crop_sum(x, x, [1, 1], [0, 0], [1, 1], None, [0, 0], 1)
+            _RUNS_ON[kind] = True
+        except NotImplementedError:  # the dispatcher has no kernel for this device type
+            _RUNS_ON[kind] = False
+    return _RUNS_ON[kind]
 
 
 def _pair(v, name):

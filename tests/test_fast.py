@@ -419,3 +419,23 @@ def test_for_inference_on_cuda_runs_cudnn_and_refuses_bfloat16():
     assert {p.split("/")[1] for _, p in fast.describe(net) if p.startswith("conv")} == {"torch"}  # cuDNN
     with pytest.raises(NetError, match="CPU bfloat16 path"):
         fast.for_inference(net, "bf16")
+
+
+def test_an_extension_without_the_devices_kernels_gets_the_skips_reference(monkeypatch):
+    """A CPU-built extension on a GPU machine has no CUDA kernels: optimize(skip='ext') says so at
+    once, and for_inference runs the skips through the fused op's PyTorch reference instead."""
+    def no_kernel(*args):
+        raise NotImplementedError("Could not run 'fcn_caffe_repro::deconv_crop_sum' with arguments from this backend")
+
+    assert ops.extension_runs_on("cpu")
+    monkeypatch.setattr(ops, "_RUNS_ON", {})
+    monkeypatch.setattr(ops.torch.ops.fcn_caffe_repro, "deconv_crop_sum", no_kernel)
+    net, ref, inputs = load("voc-fcn8s")
+    with pytest.raises(NetError, match="no cpu kernels.*FORCE_CUDA=1.*skip='torch'"):
+        net.optimize()
+    fast.for_inference(net, "fast")
+    assert {p for _, p in fast.describe(net) if p.startswith("deconv")} == {"deconv_crop_sum/torch/depthwise",
+                                                                           "deconv_crop_sum/torch/dense",
+                                                                           "deconv_crop/torch/depthwise"}
+    with torch.no_grad():
+        assert_matches_caffe(net, ref, net(return_blobs=True, **inputs))

@@ -108,8 +108,12 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
     if bf16 and conv == "mkldnn" and not native:
         raise NetError("optimize(conv='mkldnn', dtype=torch.bfloat16): oneDNN has no bfloat16 convolution on "
                        "this CPU (it needs AVX512-BF16, AMX or AVX-NE-CONVERT); pass conv='auto' or 'torch'")
-    if skip == "ext" and not ops.extension_available():
-        raise NetError(f"optimize(skip='ext'): {ops.extension_problem()}, or pass skip='torch' or None")
+    device = _device_of(net)
+    if skip == "ext" and not ops.extension_runs_on(device):
+        problem = (ops.extension_problem() if not ops.extension_available() else
+                   f"the C++ extension has no {device.type} kernels (it was built where torch saw no CUDA; rebuild "
+                   f"it with FORCE_CUDA=1)")
+        raise NetError(f"optimize(skip='ext'): {problem}, or pass skip='torch' or None")
     if skip is not None:
         steps = fused_plan(steps, skip)
     pool = BufferPool(buffers) if buffers else None
@@ -136,14 +140,21 @@ def optimize(net, conv="auto", skip="ext", memory_format="channels_last", train=
 def for_inference(net, mode="fast"):
     """`net` set up to score images in `mode` (in place, returned): "fast" the float32 fast plan
     (conv="torch" on CUDA, where oneDNN does not run), "bf16" the bfloat16 plan (a CPU path),
-    "plain" the layer-by-layer plan. The fcn command's --mode and the benchmark's paths."""
+    "plain" the layer-by-layer plan; the skips take the fused op's reference (skip="torch") where
+    the extension lacks the device's kernels. The fcn command's --mode and the benchmark's paths."""
     if mode not in MODES:
         raise NetError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "plain":
         return optimize(net, enabled=False)
-    on_cuda = any(p.is_cuda for p in net.parameters())
-    if mode == "bf16":
-        if on_cuda:
-            raise NetError("mode 'bf16' is the CPU bfloat16 path (oneDNN); on CUDA use mode 'fast'")
-        return optimize(net, dtype=torch.bfloat16)
-    return optimize(net, conv="torch") if on_cuda else optimize(net)
+    device = _device_of(net)
+    if mode == "bf16" and device.type != "cpu":
+        raise NetError(f"mode 'bf16' is the CPU bfloat16 path (oneDNN); on {device.type} use mode 'fast'")
+    # the skips through the fused op where the extension has this device's kernels, else its reference
+    skip = "ext" if ops.extension_runs_on(device) else "torch"
+    return optimize(net, conv="auto" if device.type == "cpu" else "torch", skip=skip,
+                    dtype=torch.bfloat16 if mode == "bf16" else torch.float32)
+
+
+def _device_of(net):
+    """The device of the net's parameters (the CPU for a net without any)."""
+    return next((p.device for p in net.parameters()), torch.device("cpu"))
