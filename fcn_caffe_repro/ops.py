@@ -21,8 +21,8 @@ try:
 except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
-__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem", "extension_runs_on",
-           "max_pool", "max_pool_applies", "relu_max_pool", "small_conv", "small_conv_applies"]
+__all__ = ["deconv_crop_sum", "deconv_crop_sum_reference", "extension_available", "extension_problem",
+           "extension_runs_on", "max_pool", "max_pool_applies", "relu_max_pool", "small_conv", "small_conv_applies"]
 
 _BUILD_HINT = ("build it from the repository root with "
                "`pip install --no-build-isolation --no-deps -e .`")

@@ -54,6 +54,6 @@ from .pool import BufferPool
 from .precision import DTYPES
 from .rewrite import CONV_IMPLS, MEMORY_FORMATS, MODES, SKIP_IMPLS, TRAIN_MODES, for_inference, optimize
 
-__all__ = ["optimize", "for_inference", "MODES", "describe", "calls", "step_path", "step_dtype", "buffer_stats", "release_buffers", "repack",
-           "BufferPool", "FastConv", "FastLRN", "auto_impl", "CONV_IMPLS", "SKIP_IMPLS", "MEMORY_FORMATS",
-           "TRAIN_MODES", "DTYPES"]
+__all__ = ["optimize", "for_inference", "describe", "calls", "step_path", "step_dtype", "buffer_stats",
+           "release_buffers", "repack", "BufferPool", "FastConv", "FastLRN", "auto_impl", "CONV_IMPLS", "SKIP_IMPLS",
+           "MEMORY_FORMATS", "TRAIN_MODES", "MODES", "DTYPES"]
