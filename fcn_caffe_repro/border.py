@@ -210,7 +210,8 @@ def _layer_of(step):
 
 class Trunk(nn.Module):
     """The net's first steps (convolutions, ReLUs, poolings) run on short maps; the tops read by
-    later steps come out full. Planned once per input size."""
+    later steps come out full. Planned once per input size, from plans of each axis length (shared
+    by rows and columns where the windows are square)."""
 
     def __init__(self, steps, outputs):
         super().__init__()
