@@ -41,19 +41,16 @@ def calls(net):
     return {s.name: dict(s.module.calls) for s in inner_steps(net.plan) if isinstance(s.module, (FastConv, FastLRN))}
 
 
-def _pool(net):
-    return next((s.module.pool for s in inner_steps(net.plan) if isinstance(s.module, FastConv) and s.module.pool),
-                None)
-
-
-def _workspace(net):
-    return next((s.module.workspace for s in inner_steps(net.plan)
-                 if isinstance(s.module, FastConv) and s.module.workspace), None)
+def _shared(net, attr):
+    """What the plan's convolution steps share under `attr` ("pool": the BufferPool, "workspace":
+    the Winograd workspace), or None."""
+    return next((getattr(s.module, attr) for s in inner_steps(net.plan)
+                 if isinstance(s.module, FastConv) and getattr(s.module, attr)), None)
 
 
 def buffer_stats(net):
     """{"buffers": [bytes of each pooled buffer], "reused": n, "fresh": n} of the fast plan's pool."""
-    pool = _pool(net)
+    pool = _shared(net, "pool")
     if pool is None:
         return {"buffers": [], "reused": 0, "fresh": 0}
     return {"buffers": [b[0].numel() * b[0].element_size() for b in pool.buffers], "reused": pool.reused,
@@ -62,7 +59,7 @@ def buffer_stats(net):
 
 def release_buffers(net):
     """Give the pooled output buffers and the Winograd workspace back (the next forward maps fresh ones)."""
-    for shared in (_pool(net), _workspace(net)):
+    for shared in (_shared(net, "pool"), _shared(net, "workspace")):
         if shared is not None:
             shared.release()
 

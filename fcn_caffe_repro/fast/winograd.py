@@ -21,11 +21,11 @@ MIN_CHANNELS = 256
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
-def applies(conv, dtype=torch.float32):
-    """Whether this Convolution layer can run here: 3x3, stride 1, no dilation, one group, float32,
-    and the extension built."""
+def applies(conv):
+    """Whether this Convolution layer can run here (in a float32 plan): 3x3, stride 1, no dilation,
+    one group, and the extension built."""
     return (conv.kernel == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.group == 1
-            and dtype == torch.float32 and ops.extension_available())
+            and ops.extension_available())
 
 
 def worth_it(conv):
