@@ -28,12 +28,12 @@ def test_opencv_runner_computes_our_scores():
     if opencv.problem():  # opencv-python-headless<5, in [test]
         pytest.skip(opencv.problem())
     net, inputs = small()
-    run_cv, cv = bench.runner("opencv", net, "cpu", 1)
+    run_cv, cv = bench.runner("opencv", net, 1)
     theirs = run_cv(inputs)
     assert bench.opencv_error(cv, net, inputs) <= OPENCV_TOL
     for path, tol in (("fast", OPENCV_TOL), ("bf16", BF16_TOL)):
         ours_net, _ = small()
-        forward, none = bench.runner(path, ours_net, "cpu", 1)
+        forward, none = bench.runner(path, ours_net, 1)
         ours = forward(inputs)
         assert none is None and ours["score"].dtype == torch.float32
         assert rel_err(ours["score"].numpy(), theirs["score"]) <= tol, path

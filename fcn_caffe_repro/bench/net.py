@@ -103,8 +103,8 @@ def stream_images(n, seed=0):
     return images
 
 
-def runner(path, net, device, threads):
-    """(forward(inputs), opencv net or None) for a path, the net prepared for it."""
+def runner(path, net, threads):
+    """(forward(inputs), opencv net or None) for a path, the net prepared for it (on its device)."""
     if path == "opencv":
         cv = opencv.OpenCVNet(net, threads or torch.get_num_threads())
         return (lambda inputs: cv.run({k: v.numpy() for k, v in inputs.items()})), cv
@@ -130,7 +130,7 @@ def stream_worker(cfg):
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     net, _ = build(cfg["net"], "deploy", 1, 500, "cpu", width_divisor=cfg.get("width_divisor", 1))
-    forward, cv = runner(cfg["path"], net, "cpu", cfg["threads"])
+    forward, cv = runner(cfg["path"], net, cfg["threads"])
     images = stream_images(cfg["stream"] + 1, cfg["seed"])
     forward({"data": images[0]})  # warm-up: one image not counted
     times = []
@@ -162,7 +162,7 @@ def worker(cfg):
     shapes = net.shapes_for({k: tuple(v.shape) for k, v in inputs.items()})
     acts = sorted((4 * int(torch.Size(s).numel()) for s in shapes.values()), reverse=True)
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    forward, cv = runner(cfg["path"], net, device, cfg["threads"])
+    forward, cv = runner(cfg["path"], net, cfg["threads"])
     rss_built = status_bytes("VmRSS") if device == "cpu" else 0
     mm = mm_rate(device, repeats=3)  # this process, these conditions: the roofline of this row
 
